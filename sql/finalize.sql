@@ -1,0 +1,37 @@
+-- webhook: views and privileges. Runs last in CREATE EXTENSION webhook.
+
+-- Endpoints without their secrets.
+CREATE VIEW webhook.endpoints AS
+SELECT e.name, e.url, e.method, e.headers, e.description, e.format, e.enabled,
+       e.previous_secret_expires_at > now() AS rotation_overlap, e.created_at
+FROM webhook.endpoint e;
+
+CREATE VIEW webhook.subscriptions AS
+SELECT s.id, e.name AS endpoint, s.relid AS table_name, coalesce(s.name, s.relid::text) AS name,
+       s.events, s.columns, s.rename, s.redact, s.lookup, s.visibility_column, s.created_at
+FROM webhook.subscription s JOIN webhook.endpoint e ON e.id = s.endpoint_id;
+
+CREATE VIEW webhook.deliveries AS
+SELECT d.id, e.name AS endpoint, d.table_name, d.operation, d.status, d.attempts,
+       CASE WHEN d.status IN ('pending', 'delivering') THEN d.next_attempt_at END AS next_attempt_at,
+       d.last_status_code, d.last_error, d.created_at, d.delivered_at, d.payload::jsonb AS payload
+FROM webhook.delivery d LEFT JOIN webhook.endpoint e ON e.id = d.endpoint_id;
+
+CREATE VIEW webhook.attempts AS
+SELECT a.delivery_id, a.attempt, a.started_at, a.duration_ms, a.status_code, a.error, a.response_body
+FROM webhook.attempt a;
+
+CREATE VIEW webhook.endpoint_stats AS
+SELECT e.name AS endpoint,
+       count(d.id) FILTER (WHERE d.status IN ('pending', 'delivering')) AS pending,
+       count(d.id) FILTER (WHERE d.status = 'delivered') AS delivered,
+       count(d.id) FILTER (WHERE d.status = 'failed') AS failed,
+       e.consecutive_failures, e.last_success_at, e.last_failure_at
+FROM webhook.endpoint e LEFT JOIN webhook.delivery d ON d.endpoint_id = e.id
+GROUP BY e.id;
+
+-- Functions are executable by PUBLIC by default in PostgreSQL; none of ours should be.
+-- The capture trigger needs no grant to fire for roles that write watched tables.
+REVOKE ALL ON ALL TABLES IN SCHEMA webhook FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA webhook FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA webhook FROM PUBLIC;

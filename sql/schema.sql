@@ -1,0 +1,87 @@
+-- webhook: the queue and its configuration. Runs first in CREATE EXTENSION webhook.
+--
+-- The queue table webhook.delivery is the seam between the capture trigger (which only inserts
+-- rows) and the delivery worker (which only claims, sends and records). Nothing here is granted
+-- to PUBLIC: endpoints hold secrets, deliveries hold row data.
+
+-- Destinations. secret is shown once by create_endpoint/rotate_secret and never again.
+CREATE TABLE webhook.endpoint (
+    id                         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name                       text NOT NULL UNIQUE,
+    url                        text NOT NULL,
+    method                     text NOT NULL DEFAULT 'POST' CHECK (method IN ('POST', 'PUT', 'PATCH')),
+    headers                    jsonb NOT NULL DEFAULT '{}',
+    description                text,
+    format                     text NOT NULL DEFAULT 'rownd' CHECK (format IN ('rownd', 'census')),
+    enabled                    boolean NOT NULL DEFAULT true,
+    secret                     text NOT NULL,
+    previous_secret            text,
+    previous_secret_expires_at timestamptz,
+    consecutive_failures       integer NOT NULL DEFAULT 0,
+    last_success_at            timestamptz,
+    last_failure_at            timestamptz,
+    created_at                 timestamptz NOT NULL DEFAULT now()
+);
+
+-- What one endpoint receives from one table, and in which shape.
+CREATE TABLE webhook.subscription (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    endpoint_id       bigint NOT NULL REFERENCES webhook.endpoint (id) ON DELETE CASCADE,
+    relid             regclass NOT NULL,
+    name              text,          -- census model_name; NULL means schema.table
+    events            text[] NOT NULL,
+    columns           text[],        -- NULL means every column
+    rename            jsonb NOT NULL DEFAULT '{}',
+    redact            text[] NOT NULL DEFAULT '{}',
+    lookup            text[],        -- NULL means the primary key
+    visibility_column text,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (relid, endpoint_id)
+);
+
+-- The queue. One row per (row change, subscription). No foreign keys: the capture path stays
+-- one heap insert plus two index inserts; drop_endpoint deletes a dropped endpoint's rows.
+--   pending    -> waiting for next_attempt_at
+--   delivering -> claimed by a worker; next_attempt_at is the lease expiry, after which any
+--                 worker may claim it again (at-least-once delivery)
+--   delivered / failed (dead letter, kept until redelivered or purged)
+CREATE SEQUENCE webhook.delivery_id_seq;
+CREATE TABLE webhook.delivery (
+    id               bigint PRIMARY KEY DEFAULT nextval('webhook.delivery_id_seq'),
+    endpoint_id      bigint NOT NULL,
+    subscription_id  bigint,
+    table_name       text,
+    operation        text NOT NULL,
+    payload          text NOT NULL,   -- the exact body bytes that are signed and sent
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'delivering', 'delivered', 'failed')),
+    attempts         integer NOT NULL DEFAULT 0,  -- attempts ever made
+    cycle_start      integer NOT NULL DEFAULT 0,  -- attempts made before the last redelivery
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    last_status_code integer,
+    last_error       text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    delivered_at     timestamptz
+);
+ALTER SEQUENCE webhook.delivery_id_seq OWNED BY webhook.delivery.id;
+CREATE INDEX delivery_due ON webhook.delivery (next_attempt_at)
+    WHERE status IN ('pending', 'delivering');
+
+-- Every attempt, with what came back (at most 64 KiB of the body).
+CREATE TABLE webhook.attempt (
+    delivery_id   bigint NOT NULL,
+    attempt       integer NOT NULL,
+    started_at    timestamptz NOT NULL,
+    duration_ms   double precision,
+    status_code   integer,
+    error         text,
+    response_body text,
+    PRIMARY KEY (delivery_id, attempt)
+);
+
+-- pg_dump keeps configuration and queue.
+SELECT pg_catalog.pg_extension_config_dump('webhook.endpoint', '');
+SELECT pg_catalog.pg_extension_config_dump('webhook.subscription', '');
+SELECT pg_catalog.pg_extension_config_dump('webhook.delivery', '');
+SELECT pg_catalog.pg_extension_config_dump('webhook.attempt', '');
+SELECT pg_catalog.pg_extension_config_dump('webhook.delivery_id_seq', '');

@@ -1,0 +1,75 @@
+//! Every error a caller can cause, with its SQLSTATE. Raised as `ERROR` at the SQL edge.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum WebhookError {
+    #[error("endpoint \"{0}\" does not exist")]
+    UnknownEndpoint(String),
+    #[error("trigger \"{trigger}\" on {table} names endpoint \"{endpoint}\", which does not exist")]
+    UnknownEndpointInTrigger { endpoint: String, trigger: String, table: String },
+    #[error("endpoint \"{0}\" already exists")]
+    DuplicateEndpoint(String),
+    #[error("{0}")]
+    InvalidValue(String),
+    #[error("argument \"{0}\" must not be NULL")]
+    NullArgument(&'static str),
+    #[error("column \"{column}\" named in {option} does not exist in table {table}")]
+    UnknownColumn { option: &'static str, column: String, table: String },
+    #[error("table {0} has no primary key; pass lookup => ARRAY['column', ...] to name the columns that identify a row")]
+    NoKey(String),
+    #[error("table {table} is not watched by endpoint \"{endpoint}\"")]
+    NotWatched { table: String, endpoint: String },
+    #[error("delivery {0} does not exist")]
+    UnknownDelivery(i64),
+    #[error("{0}")]
+    WrongState(String),
+    #[error("{0}")]
+    NotSupported(String),
+}
+
+impl WebhookError {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        WebhookError::InvalidValue(msg.into())
+    }
+
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            WebhookError::UnknownEndpoint(_)
+            | WebhookError::UnknownEndpointInTrigger { .. }
+            | WebhookError::NotWatched { .. }
+            | WebhookError::UnknownDelivery(_) => ERRCODE_UNDEFINED_OBJECT,
+            WebhookError::DuplicateEndpoint(_) => ERRCODE_DUPLICATE_OBJECT,
+            WebhookError::InvalidValue(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            WebhookError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            WebhookError::UnknownColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
+            WebhookError::NoKey(_) => ERRCODE_INVALID_COLUMN_REFERENCE,
+            WebhookError::WrongState(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            WebhookError::NotSupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+        }
+    }
+
+    /// Raise as a PostgreSQL `ERROR`; never returns.
+    pub fn raise(self) -> ! {
+        ErrorReport::new(self.sqlstate(), self.to_string(), "webhook").report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+}
+
+pub type Result<T> = std::result::Result<T, WebhookError>;
+
+/// Unwrap a result at the SQL edge, raising the error as a PostgreSQL ERROR.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => e.raise(),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Every setting in one place, with its default and doc line.
+
+use crate::schedule;
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::{CStr, CString};
+use std::time::Duration;
+
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static RETRY_DELAYS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"4s,8s,16s,32s,64s"));
+pub static TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
+pub static ALLOWED_NETWORKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+pub static ROTATION_OVERLAP_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
+
+pub fn register() {
+    GucRegistry::define_string_guc(
+        c"webhook.database",
+        c"Database the delivery worker connects to.",
+        c"The database where CREATE EXTENSION webhook was run.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    // SAFETY: the check hook is a #[pg_guard] function.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"webhook.retry_delays",
+            c"Waits before retries 1, 2, ... of a failed delivery (e.g. 4s,8s,16s,32s,64s).",
+            c"Comma-separated durations with units ms, s, min or h. After the last retry fails the delivery is failed.",
+            &RETRY_DELAYS,
+            GucContext::Sighup,
+            GucFlags::default(),
+            Some(check_retry_delays),
+            None,
+            None,
+        );
+    }
+    GucRegistry::define_int_guc(
+        c"webhook.timeout",
+        c"Time limit of one delivery attempt (connect + send + response).",
+        c"A timed-out attempt is a failure and is retried.",
+        &TIMEOUT_MS,
+        100,
+        600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"webhook.workers",
+        c"Number of delivery workers; they share the queue without double sends.",
+        c"",
+        &WORKERS,
+        1,
+        crate::shmem::MAX_WORKERS as i32,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"webhook.max_concurrency",
+        c"Requests a delivery worker keeps in flight at once.",
+        c"",
+        &MAX_CONCURRENCY,
+        1,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"webhook.batch_size",
+        c"Deliveries a worker claims or records in one transaction.",
+        c"",
+        &BATCH_SIZE,
+        1,
+        10_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"webhook.allowed_networks",
+        c"CIDR ranges that endpoints may reach although they are private or loopback.",
+        c"Comma-separated, e.g. 127.0.0.0/8,::1/128.",
+        &ALLOWED_NETWORKS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"webhook.rotation_overlap",
+        c"How long the previous secret keeps signing after rotate_secret.",
+        c"",
+        &ROTATION_OVERLAP_S,
+        0,
+        30 * 86_400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_retry_delays(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pgrx::pg_sys::GucSource::Type,
+) -> bool {
+    let raw = unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            return true;
+        }
+        CStr::from_ptr(*newval).to_string_lossy().into_owned()
+    };
+    match schedule::parse_delays(&raw) {
+        Ok(_) => true,
+        Err(msg) => {
+            let detail = CString::new(msg).unwrap_or_default();
+            unsafe {
+                pgrx::pg_sys::GUC_check_errcode(pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+                pgrx::pg_sys::GUC_check_errdetail_string = pgrx::pg_sys::pstrdup(detail.as_ptr());
+            }
+            false
+        }
+    }
+}
+
+fn string(setting: &GucSetting<Option<CString>>) -> String {
+    setting.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+pub fn database() -> String {
+    string(&DATABASE)
+}
+
+pub fn retry_delays() -> Vec<Duration> {
+    // The check hook rejects bad values, so this parses.
+    schedule::parse_delays(&string(&RETRY_DELAYS)).unwrap_or_default()
+}
+
+pub fn timeout() -> Duration {
+    Duration::from_millis(TIMEOUT_MS.get() as u64)
+}
+
+pub fn workers() -> usize {
+    WORKERS.get() as usize
+}
+
+pub fn max_concurrency() -> usize {
+    MAX_CONCURRENCY.get() as usize
+}
+
+pub fn batch_size() -> i64 {
+    BATCH_SIZE.get() as i64
+}
+
+pub fn rotation_overlap_secs() -> i32 {
+    ROTATION_OVERLAP_S.get()
+}

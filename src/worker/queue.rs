@@ -1,0 +1,223 @@
+//! The worker's side of the queue table: claim due deliveries under a lease, record outcomes.
+//! Every statement handles a whole batch.
+
+use super::sender::{Destination, Job, Outcome};
+use crate::schedule::{self, Next};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const CLAIM_SQL: &str = "
+WITH due AS (
+    SELECT d.id, d.status FROM webhook.delivery d
+    WHERE d.status IN ('pending', 'delivering') AND d.next_attempt_at <= now()
+      AND d.endpoint_id IN (SELECT e.id FROM webhook.endpoint e WHERE e.enabled)
+    ORDER BY d.next_attempt_at
+    LIMIT $1
+    FOR UPDATE OF d SKIP LOCKED
+), claimed AS (
+    UPDATE webhook.delivery d
+    SET status = 'delivering', attempts = d.attempts + 1,
+        next_attempt_at = now() + $2 * interval '1 millisecond'
+    FROM due WHERE d.id = due.id
+    RETURNING d.id, d.endpoint_id, d.attempts, d.cycle_start, d.payload, due.status AS was
+), lost AS (
+    INSERT INTO webhook.attempt (delivery_id, attempt, started_at, error)
+    SELECT id, attempts - 1, now(),
+           'no outcome recorded: the worker stopped during this attempt and its lease expired'
+    FROM claimed WHERE was = 'delivering'
+    ON CONFLICT DO NOTHING
+)
+SELECT id, endpoint_id, attempts, cycle_start, payload FROM claimed";
+
+const DESTINATIONS_SQL: &str = "
+SELECT id, url, method, headers, secret,
+       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END
+FROM webhook.endpoint WHERE id = ANY($1)";
+
+const RECORD_SQL: &str = "
+WITH r AS (
+    SELECT * FROM unnest($1::int8[], $2::int4[], $3::float8[], $4::float8[], $5::int4[],
+                         $6::text[], $7::text[], $8::float8[], $9::text[])
+        AS r(id, attempt, started, duration_ms, status_code, error, next, delay_ms, body)
+), attempts AS (
+    INSERT INTO webhook.attempt
+        (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body)
+    SELECT r.id, r.attempt, to_timestamp(r.started), r.duration_ms, r.status_code, r.error, r.body
+    FROM r WHERE EXISTS (SELECT 1 FROM webhook.delivery d WHERE d.id = r.id)
+    ON CONFLICT DO NOTHING
+)
+UPDATE webhook.delivery d SET
+    status = CASE r.next WHEN 'retry' THEN 'pending' ELSE r.next END,
+    next_attempt_at = CASE WHEN r.next = 'retry'
+                           THEN now() + r.delay_ms * interval '1 millisecond'
+                           ELSE d.next_attempt_at END,
+    last_status_code = r.status_code,
+    last_error = r.error,
+    delivered_at = CASE WHEN r.next = 'delivered' THEN now() ELSE d.delivered_at END
+FROM r
+WHERE d.id = r.id AND d.attempts = r.attempt AND d.status = 'delivering'";
+
+const HEALTH_SQL: &str = "
+UPDATE webhook.endpoint e SET
+    consecutive_failures = CASE WHEN u.succeeded THEN u.trailing_failures
+                                ELSE e.consecutive_failures + u.trailing_failures END,
+    last_success_at = CASE WHEN u.succeeded THEN now() ELSE e.last_success_at END,
+    last_failure_at = CASE WHEN u.failed THEN now() ELSE e.last_failure_at END
+FROM unnest($1::int8[], $2::bool[], $3::int4[], $4::bool[]) AS u(id, succeeded, trailing_failures, failed)
+WHERE e.id = u.id";
+
+const NEXT_DUE_SQL: &str = "
+SELECT extract(epoch FROM min(d.next_attempt_at) - now())::float8 FROM webhook.delivery d
+WHERE d.status IN ('pending', 'delivering')
+  AND d.endpoint_id IN (SELECT e.id FROM webhook.endpoint e WHERE e.enabled)";
+
+const READY_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'webhook')";
+
+/// Is the extension created in this database?
+pub fn ready() -> bool {
+    Spi::get_one::<bool>(READY_SQL).ok().flatten().unwrap_or(false)
+}
+
+/// Claim up to `limit` due deliveries; each becomes a job leased for `lease`.
+pub fn claim(limit: i64, lease: Duration, timeout: Duration) -> Vec<Job> {
+    Spi::connect_mut(|client| {
+        let rows = client
+            .update(CLAIM_SQL, None, &[limit.into(), (lease.as_millis() as f64).into()])
+            .expect("claiming deliveries");
+        let claimed: Vec<(i64, i64, i32, i32, String)> = rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get(1).expect("id").unwrap_or_default(),
+                    r.get(2).expect("endpoint_id").unwrap_or_default(),
+                    r.get(3).expect("attempts").unwrap_or_default(),
+                    r.get(4).expect("cycle_start").unwrap_or_default(),
+                    r.get(5).expect("payload").unwrap_or_default(),
+                )
+            })
+            .collect();
+        if claimed.is_empty() {
+            return Vec::new();
+        }
+        let mut endpoint_ids: Vec<i64> = claimed.iter().map(|c| c.1).collect();
+        endpoint_ids.sort_unstable();
+        endpoint_ids.dedup();
+        let destinations: HashMap<i64, Arc<Destination>> = client
+            .select(DESTINATIONS_SQL, None, &[endpoint_ids.into()])
+            .expect("loading endpoints")
+            .into_iter()
+            .map(|r| {
+                let id: i64 = r.get(1).expect("id").unwrap_or_default();
+                let headers: Option<JsonB> = r.get(4).expect("headers");
+                let headers = headers
+                    .and_then(|h| h.0.as_object().cloned())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
+                    .collect();
+                let secrets = [r.get::<String>(5).expect("secret"), r.get::<String>(6).expect("previous")]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let dest = Destination {
+                    endpoint_id: id,
+                    url: r.get(2).expect("url").unwrap_or_default(),
+                    method: r.get(3).expect("method").unwrap_or_default(),
+                    headers,
+                    secrets,
+                };
+                (id, Arc::new(dest))
+            })
+            .collect();
+        claimed
+            .into_iter()
+            .filter_map(|(id, endpoint_id, attempts, cycle_start, payload)| {
+                Some(Job {
+                    delivery_id: id,
+                    attempt: attempts,
+                    attempt_in_cycle: attempts - cycle_start,
+                    destination: destinations.get(&endpoint_id)?.clone(),
+                    body: payload,
+                    timeout,
+                })
+            })
+            .collect()
+    })
+}
+
+/// Seconds until the next delivery falls due (negative when overdue), if any is queued.
+pub fn next_due() -> Option<f64> {
+    Spi::get_one::<f64>(NEXT_DUE_SQL).ok().flatten()
+}
+
+/// Record finished attempts: one attempt row each, the delivery's next state, endpoint health.
+pub fn record(outcomes: &[Outcome], delays: &[Duration]) {
+    if outcomes.is_empty() {
+        return;
+    }
+    let mut ids = Vec::new();
+    let mut attempts = Vec::new();
+    let mut started = Vec::new();
+    let mut durations = Vec::new();
+    let mut statuses: Vec<Option<i32>> = Vec::new();
+    let mut errors: Vec<Option<String>> = Vec::new();
+    let mut nexts = Vec::new();
+    let mut delay_ms = Vec::new();
+    let mut bodies: Vec<Option<String>> = Vec::new();
+    // Per endpoint, in completion order: (succeeded in this batch, failures since the last success, failed).
+    let mut health: HashMap<i64, (bool, i32, bool)> = HashMap::new();
+    for o in outcomes {
+        let r = &o.result;
+        let next = schedule::next_step(r.success(), o.attempt_in_cycle, delays, r.retry_after);
+        ids.push(o.delivery_id);
+        attempts.push(o.attempt);
+        started.push(r.started_at);
+        durations.push(r.duration.as_secs_f64() * 1000.0);
+        statuses.push(r.status.map(i32::from));
+        errors.push(r.error.clone());
+        nexts.push(next.as_str().to_string());
+        delay_ms.push(match next {
+            Next::RetryAfter(d) => d.as_secs_f64() * 1000.0,
+            _ => 0.0,
+        });
+        bodies.push(r.response_body.as_ref().map(|b| b.replace('\0', "")));
+        let h = health.entry(o.endpoint_id).or_insert((false, 0, false));
+        if r.success() {
+            *h = (true, 0, h.2);
+        } else {
+            *h = (h.0, h.1 + 1, true);
+        }
+    }
+    let (mut h_ids, mut h_ok, mut h_trailing, mut h_failed) = (vec![], vec![], vec![], vec![]);
+    for (id, (ok, trailing, failed)) in health {
+        h_ids.push(id);
+        h_ok.push(ok);
+        h_trailing.push(trailing);
+        h_failed.push(failed);
+    }
+    Spi::connect_mut(|client| {
+        client
+            .update(
+                RECORD_SQL,
+                None,
+                &[
+                    ids.into(),
+                    attempts.into(),
+                    started.into(),
+                    durations.into(),
+                    statuses.into(),
+                    errors.into(),
+                    nexts.into(),
+                    delay_ms.into(),
+                    bodies.into(),
+                ],
+            )
+            .expect("recording attempts");
+        client
+            .update(HEALTH_SQL, None, &[h_ids.into(), h_ok.into(), h_trailing.into(), h_failed.into()])
+            .expect("recording endpoint health");
+    });
+}
