@@ -76,9 +76,22 @@ fn sync_trigger(client: &mut SpiClient, relid: pg_sys::Oid) {
         .into_iter()
         .filter_map(|r| r.get::<String>(1).expect("name"))
         .collect();
-    client
-        .update(&format!("DROP TRIGGER IF EXISTS webhook_capture ON {table}"), None, &[])
-        .expect("dropping the capture trigger");
+    let exists = client
+        .select(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = 'webhook_capture')",
+            None,
+            &[relid.into()],
+        )
+        .expect("trigger look-up")
+        .first()
+        .get_one::<bool>()
+        .expect("trigger look-up")
+        .unwrap_or(false);
+    if exists {
+        client
+            .update(&format!("DROP TRIGGER webhook_capture ON {table}"), None, &[])
+            .expect("dropping the capture trigger");
+    }
     if !endpoints.is_empty() {
         let args = endpoints.iter().map(quote_literal).collect::<Vec<_>>().join(", ");
         client

@@ -47,8 +47,10 @@ const TARGETS_SQL: &str = "SELECT e.id, e.name, e.format, s.id, s.events, s.colu
                                     AND s.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1
     WHERE e.name OPERATOR(pg_catalog.=) $2";
 
-const QUEUE_SQL: &str = "SELECT c.relowner, 'webhook.delivery_id_seq'::pg_catalog.regclass::pg_catalog.oid
-    FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) 'webhook.delivery'::pg_catalog.regclass";
+/// The extension owner owns the queue; looked up without touching schema webhook.
+const OWNER_SQL: &str = "SELECT e.extowner FROM pg_catalog.pg_extension e
+    WHERE e.extname OPERATOR(pg_catalog.=) 'webhook'";
+const SEQUENCE_SQL: &str = "SELECT 'webhook.delivery_id_seq'::pg_catalog.regclass::pg_catalog.oid";
 
 const INSERT_SQL: &str = "INSERT INTO webhook.delivery
     (id, endpoint_id, subscription_id, table_name, operation, payload) VALUES ($1, $2, $3, $4, $5, $6)";
@@ -93,21 +95,23 @@ fn as_user<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     result
 }
 
-fn queue_owner() -> (pg_sys::Oid, pg_sys::Oid) {
-    Spi::connect(|c| {
-        let row = c.select(QUEUE_SQL, None, &[]).expect("queue table look-up").first();
-        let owner: pg_sys::Oid = row.get(1).expect("relowner").expect("relowner is not null");
-        let seq: pg_sys::Oid = row.get(2).expect("sequence").expect("sequence exists");
-        (owner, seq)
-    })
+fn queue_owner() -> pg_sys::Oid {
+    Spi::get_one::<pg_sys::Oid>(OWNER_SQL).expect("extension look-up").expect("extension webhook exists")
 }
 
 fn build_plan(trigger_name: &str, relid: pg_sys::Oid, endpoint_names: &[String]) -> Plan {
     let table = table::load(relid).or_raise();
-    let (queue_owner, sequence) = queue_owner();
-    let targets = as_user(queue_owner, || {
+    let queue_owner = queue_owner();
+    let (sequence, targets) = as_user(queue_owner, || {
         Spi::connect(|c| {
-            endpoint_names
+            let sequence: pg_sys::Oid = c
+                .select(SEQUENCE_SQL, None, &[])
+                .expect("sequence look-up")
+                .first()
+                .get_one()
+                .expect("sequence look-up")
+                .expect("sequence exists");
+            let targets = endpoint_names
                 .iter()
                 .map(|name| {
                     let found = c
@@ -160,7 +164,8 @@ fn build_plan(trigger_name: &str, relid: pg_sys::Oid, endpoint_names: &[String])
                         shape,
                     }
                 })
-                .collect()
+                .collect();
+            (sequence, targets)
         })
     });
     Plan { relid, table, targets, queue_owner, sequence }

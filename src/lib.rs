@@ -32,12 +32,6 @@ pub extern "C-unwind" fn _PG_init() {
     unsafe { pg_sys::MarkGUCPrefixReserved(c"webhook".as_ptr()) };
 }
 
-#[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
-mod tests {
-    mod pg;
-}
-
 /// Used by `cargo pgrx test`.
 #[cfg(test)]
 pub mod pg_test {
