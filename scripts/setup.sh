@@ -42,5 +42,5 @@ if python3 -c 'import pytest, psycopg, standardwebhooks' 2>/dev/null; then
     say "python packages present"
 else
     say "pip install ${PY_PACKAGES[*]}"
-    python3 -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${PY_PACKAGES[@]}"
 fi

@@ -16,12 +16,19 @@ fn required<T>(value: Option<T>, arg: &'static str) -> Result<T> {
 }
 
 /// A text[] argument with no NULL elements.
-fn string_list(value: Option<Vec<Option<String>>>, arg: &'static str) -> Result<Option<Vec<String>>> {
+fn string_list(
+    value: Option<Vec<Option<String>>>,
+    arg: &'static str,
+) -> Result<Option<Vec<String>>> {
     value
         .map(|items| {
             items
                 .into_iter()
-                .map(|i| i.ok_or_else(|| WebhookError::invalid(format!("{arg} must not contain NULL elements"))))
+                .map(|i| {
+                    i.ok_or_else(|| {
+                        WebhookError::invalid(format!("{arg} must not contain NULL elements"))
+                    })
+                })
                 .collect()
         })
         .transpose()
@@ -29,7 +36,11 @@ fn string_list(value: Option<Vec<Option<String>>>, arg: &'static str) -> Result<
 
 fn endpoint_id(client: &SpiClient, name: &str) -> Result<i64> {
     client
-        .select("SELECT id FROM webhook.endpoint WHERE name = $1", None, &[name.into()])
+        .select(
+            "SELECT id FROM webhook.endpoint WHERE name = $1",
+            None,
+            &[name.into()],
+        )
         .expect("endpoint look-up")
         .into_iter()
         .next()
@@ -89,11 +100,19 @@ fn sync_trigger(client: &mut SpiClient, relid: pg_sys::Oid) {
         .unwrap_or(false);
     if exists {
         client
-            .update(&format!("DROP TRIGGER webhook_capture ON {table}"), None, &[])
+            .update(
+                &format!("DROP TRIGGER webhook_capture ON {table}"),
+                None,
+                &[],
+            )
             .expect("dropping the capture trigger");
     }
     if !endpoints.is_empty() {
-        let args = endpoints.iter().map(quote_literal).collect::<Vec<_>>().join(", ");
+        let args = endpoints
+            .iter()
+            .map(quote_literal)
+            .collect::<Vec<_>>()
+            .join(", ");
         client
             .update(
                 &format!(
@@ -223,7 +242,11 @@ fn rotate_secret(name: Option<&str>) -> String {
                         previous_secret_expires_at = now() + $3 * interval '1 second'
                      WHERE id = $1",
                     None,
-                    &[id.into(), secret.as_str().into(), guc::rotation_overlap_secs().into()],
+                    &[
+                        id.into(),
+                        secret.as_str().into(),
+                        guc::rotation_overlap_secs().into(),
+                    ],
                 )
                 .expect("rotating the secret");
             Ok(())
@@ -243,7 +266,11 @@ fn drop_endpoint(name: Option<&str>) {
             let id = endpoint_id(client, name)?;
             let tables = watched_tables(client, id);
             client
-                .update("DELETE FROM webhook.subscription WHERE endpoint_id = $1", None, &[id.into()])
+                .update(
+                    "DELETE FROM webhook.subscription WHERE endpoint_id = $1",
+                    None,
+                    &[id.into()],
+                )
                 .expect("deleting subscriptions");
             for relid in tables {
                 sync_trigger(client, relid);
@@ -257,10 +284,18 @@ fn drop_endpoint(name: Option<&str>) {
                 )
                 .expect("deleting attempts");
             client
-                .update("DELETE FROM webhook.delivery WHERE endpoint_id = $1", None, &[id.into()])
+                .update(
+                    "DELETE FROM webhook.delivery WHERE endpoint_id = $1",
+                    None,
+                    &[id.into()],
+                )
                 .expect("deleting deliveries");
             client
-                .update("DELETE FROM webhook.endpoint WHERE id = $1", None, &[id.into()])
+                .update(
+                    "DELETE FROM webhook.endpoint WHERE id = $1",
+                    None,
+                    &[id.into()],
+                )
                 .expect("deleting the endpoint");
             Ok(())
         })
@@ -275,7 +310,11 @@ fn test_endpoint(
     name: Option<&str>,
 ) -> TableIterator<
     'static,
-    (name!(status_code, Option<i32>), name!(latency_ms, Option<f64>), name!(error, Option<String>)),
+    (
+        name!(status_code, Option<i32>),
+        name!(latency_ms, Option<f64>),
+        name!(error, Option<String>),
+    ),
 > {
     let run = || -> Result<Destination> {
         let name = required(name, "name")?;
@@ -296,11 +335,16 @@ fn test_endpoint(
                 endpoint_id: id,
                 url: row.get(1).expect("url").unwrap_or_default(),
                 method: row.get(2).expect("method").unwrap_or_default(),
-                headers: headers.map(|h| endpoint::validate_headers(&h.0).unwrap_or_default()).unwrap_or_default(),
-                secrets: [row.get::<String>(4).expect("secret"), row.get::<String>(5).expect("previous")]
-                    .into_iter()
-                    .flatten()
-                    .collect(),
+                headers: headers
+                    .map(|h| endpoint::validate_headers(&h.0).unwrap_or_default())
+                    .unwrap_or_default(),
+                secrets: [
+                    row.get::<String>(4).expect("secret"),
+                    row.get::<String>(5).expect("previous"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
             })
         })
     };
@@ -322,7 +366,13 @@ fn test_endpoint(
     let (tx, rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
         let agent = sender::agent();
-        let _ = tx.send(sender::send(&agent, &dest, &msg_id, body.as_bytes(), timeout));
+        let _ = tx.send(sender::send(
+            &agent,
+            &dest,
+            &msg_id,
+            body.as_bytes(),
+            timeout,
+        ));
     });
     let attempt = loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
@@ -330,9 +380,10 @@ fn test_endpoint(
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 pgrx::check_for_interrupts!();
             }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                WebhookError::WrongState("the test request's thread stopped without an answer".into()).raise()
-            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => WebhookError::WrongState(
+                "the test request's thread stopped without an answer".into(),
+            )
+            .raise(),
         }
     };
     TableIterator::once((
@@ -365,7 +416,8 @@ fn watch(
         let endpoint = required(endpoint, "endpoint")?;
         if changed.is_some() || predicate.is_some() {
             return Err(WebhookError::NotSupported(
-                "the changed and predicate options of watch() are planned but not supported yet".into(),
+                "the changed and predicate options of watch() are planned but not supported yet"
+                    .into(),
             ));
         }
         let options = Options {
@@ -440,7 +492,10 @@ fn unwatch(tbl: Option<PgRelation>, endpoint: Option<&str>) {
                     .get_one::<String>()
                     .expect("table name")
                     .unwrap_or_else(|| relid.to_u32().to_string());
-                return Err(WebhookError::NotWatched { table, endpoint: endpoint.to_string() });
+                return Err(WebhookError::NotWatched {
+                    table,
+                    endpoint: endpoint.to_string(),
+                });
             }
             sync_trigger(client, relid);
             Ok(())
@@ -457,7 +512,11 @@ fn redeliver(delivery_id: Option<i64>) {
         let id = required(delivery_id, "delivery_id")?;
         Spi::connect_mut(|client| {
             let status: Option<String> = client
-                .select("SELECT status FROM webhook.delivery WHERE id = $1 FOR UPDATE", None, &[id.into()])
+                .select(
+                    "SELECT status FROM webhook.delivery WHERE id = $1 FOR UPDATE",
+                    None,
+                    &[id.into()],
+                )
                 .expect("delivery look-up")
                 .into_iter()
                 .next()
@@ -512,3 +571,202 @@ fn redeliver_failed(endpoint: Option<&str>) -> i64 {
     run().or_raise()
 }
 
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+    use serde_json::{json, Value};
+
+    fn setup_users() {
+        Spi::run(
+            "CREATE TABLE users (user_id int PRIMARY KEY, email text, first_name text, hidden text[]);
+             CREATE TABLE nokey (a int, b text);",
+        )
+        .unwrap();
+        Spi::get_one::<String>("SELECT webhook.create_endpoint('ep', 'http://127.0.0.1:9/hook')")
+            .unwrap();
+    }
+
+    fn payloads() -> Vec<Value> {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT payload FROM webhook.delivery ORDER BY id",
+                None,
+                &[],
+            )
+            .unwrap()
+            .into_iter()
+            .map(|r| serde_json::from_str(&r.get::<String>(1).unwrap().unwrap()).unwrap())
+            .collect()
+        })
+    }
+
+    fn strip_meta_extras(mut v: Value) -> Value {
+        let meta = v["meta"].as_object_mut().unwrap();
+        assert!(meta
+            .remove("id")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .is_ok());
+        assert!(meta
+            .remove("occurred_at")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .ends_with('Z'));
+        assert_eq!(meta.remove("table").unwrap(), "public.users");
+        v
+    }
+
+    #[pg_test]
+    fn capture_builds_rownd_payloads() {
+        setup_users();
+        Spi::run(
+            "SELECT webhook.watch('users', 'ep', rename => '{\"email\": \"mail\"}', redact => '{first_name}',
+                                  visibility_column => 'hidden');
+             INSERT INTO users VALUES (1, 'a@b.c', 'Ann', '{}');
+             UPDATE users SET hidden = '{mail}' WHERE user_id = 1;
+             UPDATE users SET email = 'n@b.c' WHERE user_id = 1;
+             DELETE FROM users;",
+        )
+        .unwrap();
+        let got: Vec<Value> = payloads().into_iter().map(strip_meta_extras).collect();
+        let lookup = json!([{"field": "user_id", "value": 1}]);
+        assert_eq!(
+            got,
+            vec![
+                json!({"data": {"user_id": 1, "mail": "a@b.c", "first_name": "<<REDACTED>>"},
+                       "redacted": ["first_name"],
+                       "meta": {"operation": "data_insert", "lookup_values": lookup}}),
+                json!({"data": {"user_id": 1, "mail": "<<REDACTED>>", "first_name": "<<REDACTED>>"},
+                       "redacted": ["mail", "first_name"],
+                       "meta": {"operation": "visibility_update", "lookup_values": lookup}}),
+                json!({"data": {"user_id": 1, "mail": "<<REDACTED>>", "first_name": "<<REDACTED>>"},
+                       "redacted": ["mail", "first_name"],
+                       "meta": {"operation": "data_update", "lookup_values": lookup}}),
+                json!({"data": {"user_id": 1}, "meta": {"operation": "delete", "lookup_values": lookup}}),
+            ]
+        );
+    }
+
+    #[pg_test]
+    fn events_and_columns_filter_what_is_queued() {
+        setup_users();
+        Spi::run(
+            "SELECT webhook.watch('users', 'ep', events => '{delete}', columns => '{email}');
+             INSERT INTO users VALUES (1, 'a@b.c', 'Ann', '{}');
+             DELETE FROM users;",
+        )
+        .unwrap();
+        let got = payloads();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["meta"]["operation"], "delete");
+        assert_eq!(got[0]["data"], json!({"user_id": 1}));
+    }
+
+    #[pg_test]
+    fn values_follow_postgres_json_conversion() {
+        Spi::run(
+            "CREATE TABLE t (id int PRIMARY KEY, n numeric, ts timestamptz, j jsonb, arr int[], b bytea, nothing text);
+             SELECT webhook.create_endpoint('ep', 'http://127.0.0.1:9/');
+             SELECT webhook.watch('t', 'ep');
+             INSERT INTO t VALUES (1, 12345678901234567890.123456789, '2021-08-31 23:03:29+00',
+                                   '{\"a\": [1, \"x\"]}', '{1,2}', '\\x0102', NULL);",
+        )
+        .unwrap();
+        let body = Spi::get_one::<String>("SELECT payload FROM webhook.delivery")
+            .unwrap()
+            .unwrap();
+        assert!(body.contains("12345678901234567890.123456789"), "{body}");
+        let expected: Value = serde_json::from_str(
+            &Spi::get_one::<String>("SELECT to_jsonb(t)::text FROM t")
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        let got: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(got["data"], expected);
+    }
+
+    #[pg_test]
+    fn census_format_envelope() {
+        setup_users();
+        Spi::run(
+            "SELECT webhook.create_endpoint('cen', 'http://127.0.0.1:9/', format => 'census');
+             SELECT webhook.watch('users', 'cen', name => 'active users', columns => '{email}');
+             INSERT INTO users VALUES (1, 'a@b.c', 'Ann', '{}');",
+        )
+        .unwrap();
+        let got = &payloads()[0];
+        assert_eq!(got["operation"], "changed");
+        assert_eq!(got["connection_name"], "cen");
+        assert_eq!(got["model_name"], "active users");
+        assert_eq!(got["data"], json!([{"email": "a@b.c"}]));
+    }
+
+    #[pg_test]
+    fn unwatch_removes_the_trigger() {
+        setup_users();
+        Spi::run("SELECT webhook.watch('users', 'ep'); SELECT webhook.unwatch('users', 'ep');")
+            .unwrap();
+        let triggers =
+            Spi::get_one::<i64>("SELECT count(*) FROM pg_trigger WHERE tgname = 'webhook_capture'");
+        assert_eq!(triggers, Ok(Some(0)));
+    }
+
+    #[pg_test(error = "endpoint \"nope\" does not exist")]
+    fn watch_unknown_endpoint() {
+        setup_users();
+        Spi::run("SELECT webhook.watch('users', 'nope')").unwrap();
+    }
+
+    #[pg_test(error = "endpoint \"ep\" already exists")]
+    fn duplicate_endpoint() {
+        setup_users();
+        Spi::run("SELECT webhook.create_endpoint('ep', 'http://127.0.0.1:9/')").unwrap();
+    }
+
+    #[pg_test(error = "invalid URL \"ftp://x/\": only http:// and https:// URLs are accepted")]
+    fn ftp_url() {
+        Spi::run("SELECT webhook.create_endpoint('e', 'ftp://x/')").unwrap();
+    }
+
+    #[pg_test(error = "unknown HTTP method \"FETCH\": accepted methods are POST, PUT, PATCH")]
+    fn unknown_method() {
+        Spi::run("SELECT webhook.create_endpoint('e', 'http://x/', method => 'FETCH')").unwrap();
+    }
+
+    #[pg_test(error = "unknown event \"truncate\": accepted events are insert, update, delete")]
+    fn unknown_event() {
+        setup_users();
+        Spi::run("SELECT webhook.watch('users', 'ep', events => '{truncate}')").unwrap();
+    }
+
+    #[pg_test(error = "column \"nope\" named in columns does not exist in table public.users")]
+    fn unknown_column() {
+        setup_users();
+        Spi::run("SELECT webhook.watch('users', 'ep', columns => '{nope}')").unwrap();
+    }
+
+    #[pg_test(
+        error = "table public.nokey has no primary key; pass lookup => ARRAY['column', ...] to name the columns that identify a row"
+    )]
+    fn table_without_key() {
+        setup_users();
+        Spi::run("SELECT webhook.watch('nokey', 'ep')").unwrap();
+    }
+
+    #[pg_test(
+        error = "trigger \"by_hand\" on public.users names endpoint \"ghost\", which does not exist"
+    )]
+    fn hand_made_trigger_with_unknown_endpoint() {
+        setup_users();
+        Spi::run(
+            "CREATE TRIGGER by_hand AFTER INSERT ON users FOR EACH ROW EXECUTE FUNCTION webhook.capture('ghost');
+             INSERT INTO users VALUES (1, 'a@b.c', 'Ann', '{}');",
+        )
+        .unwrap();
+    }
+}

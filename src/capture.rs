@@ -40,7 +40,8 @@ thread_local! {
     static INSERT: RefCell<Option<Rc<OwnedPreparedStatement>>> = const { RefCell::new(None) };
 }
 
-const TARGETS_SQL: &str = "SELECT e.id, e.name, e.format, s.id, s.events, s.columns, s.rename::pg_catalog.text,
+const TARGETS_SQL: &str =
+    "SELECT e.id, e.name, e.format, s.id, s.events, s.columns, s.rename::pg_catalog.text,
         s.redact, s.lookup, s.visibility_column, s.name
     FROM webhook.endpoint e
     LEFT JOIN webhook.subscription s ON s.endpoint_id OPERATOR(pg_catalog.=) e.id
@@ -75,7 +76,10 @@ fn register_invalidation_callback() {
     CALLBACK_REGISTERED.with(|r| {
         if !r.get() {
             unsafe {
-                pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0))
+                pg_sys::CacheRegisterRelcacheCallback(
+                    Some(on_relcache_invalidation),
+                    pg_sys::Datum::from(0),
+                )
             };
             r.set(true);
         }
@@ -88,7 +92,10 @@ fn as_user<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut saved_context = 0;
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(user, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        pg_sys::SetUserIdAndSecContext(
+            user,
+            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
     }
     let result = f();
     unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
@@ -96,7 +103,9 @@ fn as_user<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 }
 
 fn queue_owner() -> pg_sys::Oid {
-    Spi::get_one::<pg_sys::Oid>(OWNER_SQL).expect("extension look-up").expect("extension webhook exists")
+    Spi::get_one::<pg_sys::Oid>(OWNER_SQL)
+        .expect("extension look-up")
+        .expect("extension webhook exists")
 }
 
 fn build_plan(trigger_name: &str, relid: pg_sys::Oid, endpoint_names: &[String]) -> Plan {
@@ -168,7 +177,13 @@ fn build_plan(trigger_name: &str, relid: pg_sys::Oid, endpoint_names: &[String])
             (sequence, targets)
         })
     });
-    Plan { relid, table, targets, queue_owner, sequence }
+    Plan {
+        relid,
+        table,
+        targets,
+        queue_owner,
+        sequence,
+    }
 }
 
 fn plan_for(trigger: &pg_sys::Trigger, relid: pg_sys::Oid) -> Rc<Plan> {
@@ -177,9 +192,15 @@ fn plan_for(trigger: &pg_sys::Trigger, relid: pg_sys::Oid) -> Rc<Plan> {
         return plan;
     }
     let generation = GENERATION.with(|g| g.get());
-    let name = unsafe { std::ffi::CStr::from_ptr(trigger.tgname) }.to_string_lossy().into_owned();
+    let name = unsafe { std::ffi::CStr::from_ptr(trigger.tgname) }
+        .to_string_lossy()
+        .into_owned();
     let args: Vec<String> = (0..trigger.tgnargs as usize)
-        .map(|i| unsafe { std::ffi::CStr::from_ptr(*trigger.tgargs.add(i)) }.to_string_lossy().into_owned())
+        .map(|i| {
+            unsafe { std::ffi::CStr::from_ptr(*trigger.tgargs.add(i)) }
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     if args.is_empty() {
         WebhookError::WrongState(format!(
@@ -209,7 +230,9 @@ fn insert_statement() -> Rc<OwnedPreparedStatement> {
     let int8 = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
     let text = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
     let stmt = Spi::connect(|c| {
-        c.prepare_mut(INSERT_SQL, &[int8, int8, int8, text, text, text]).expect("prepare queue insert").keep()
+        c.prepare_mut(INSERT_SQL, &[int8, int8, int8, text, text, text])
+            .expect("prepare queue insert")
+            .keep()
     });
     let stmt = Rc::new(stmt);
     INSERT.with(|i| *i.borrow_mut() = Some(stmt.clone()));
@@ -221,7 +244,10 @@ fn occurred_at() -> String {
     let unix_ns = (pg_epoch_us as i128 + 946_684_800_000_000) * 1000;
     time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -232,7 +258,9 @@ fn capture<'a>(
     let data = trigger.trigger_data();
     let event = data.tg_event;
     let tg = trigger.trigger();
-    if !pgrx::trigger_support::trigger_fired_for_row(event) || !pgrx::trigger_support::trigger_fired_after(event) {
+    if !pgrx::trigger_support::trigger_fired_for_row(event)
+        || !pgrx::trigger_support::trigger_fired_after(event)
+    {
         let name = unsafe { std::ffi::CStr::from_ptr(tg.tgname) }.to_string_lossy();
         WebhookError::WrongState(format!(
             "trigger \"{name}\": webhook.capture() must be an AFTER ... FOR EACH ROW trigger"
@@ -264,20 +292,38 @@ fn capture<'a>(
         _ => None,
     };
     let change = match op {
-        Op::Insert => Change { op, old: None, new: Some(&trig_row) },
-        Op::Update => Change { op, old: Some(&trig_row), new: new_row.as_ref() },
-        Op::Delete => Change { op, old: Some(&trig_row), new: None },
+        Op::Insert => Change {
+            op,
+            old: None,
+            new: Some(&trig_row),
+        },
+        Op::Update => Change {
+            op,
+            old: Some(&trig_row),
+            new: new_row.as_ref(),
+        },
+        Op::Delete => Change {
+            op,
+            old: Some(&trig_row),
+            new: None,
+        },
     };
     let occurred_at = occurred_at();
     as_user(plan.queue_owner, || {
         let insert = insert_statement();
         for target in plan.targets.iter().filter(wanted) {
             let id: i64 = unsafe {
-                pgrx::direct_function_call(pg_sys::nextval_oid, &[Some(pg_sys::Datum::from(plan.sequence))])
+                pgrx::direct_function_call(
+                    pg_sys::nextval_oid,
+                    &[Some(pg_sys::Datum::from(plan.sequence))],
+                )
             }
             .expect("nextval returns a value");
             let id_text = id.to_string();
-            let meta = Meta { id: &id_text, occurred_at: &occurred_at };
+            let meta = Meta {
+                id: &id_text,
+                occurred_at: &occurred_at,
+            };
             let body = match target.format {
                 Format::Rownd => payload::rownd(&target.shape, &plan.table, &change, &meta),
                 Format::Census => payload::census(

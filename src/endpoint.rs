@@ -50,7 +50,11 @@ pub fn validate_url(raw: &str) -> Result<String> {
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("URLs may not contain spaces or control characters"));
     }
-    let url = url::Url::parse(raw).map_err(|e| bad(&format!("{e}; expected http://host/path or https://host/path")))?;
+    let url = url::Url::parse(raw).map_err(|e| {
+        bad(&format!(
+            "{e}; expected http://host/path or https://host/path"
+        ))
+    })?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(bad("only http:// and https:// URLs are accepted"));
     }
@@ -58,7 +62,9 @@ pub fn validate_url(raw: &str) -> Result<String> {
         return Err(bad("the URL has no host"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad("credentials in URLs are not accepted; pass them in headers instead"));
+        return Err(bad(
+            "credentials in URLs are not accepted; pass them in headers instead",
+        ));
     }
     if url.fragment().is_some() {
         return Err(bad("URL fragments (#...) are not accepted"));
@@ -179,6 +185,9 @@ mod tests {
     #[test]
     fn formats() {
         assert_eq!(Format::parse("rownd").unwrap(), Format::Rownd);
-        assert!(Format::parse("xml").unwrap_err().to_string().contains("\"xml\""));
+        assert!(Format::parse("xml")
+            .unwrap_err()
+            .to_string()
+            .contains("\"xml\""));
     }
 }

@@ -7,8 +7,14 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 pub enum WebhookError {
     #[error("endpoint \"{0}\" does not exist")]
     UnknownEndpoint(String),
-    #[error("trigger \"{trigger}\" on {table} names endpoint \"{endpoint}\", which does not exist")]
-    UnknownEndpointInTrigger { endpoint: String, trigger: String, table: String },
+    #[error(
+        "trigger \"{trigger}\" on {table} names endpoint \"{endpoint}\", which does not exist"
+    )]
+    UnknownEndpointInTrigger {
+        endpoint: String,
+        trigger: String,
+        table: String,
+    },
     #[error("endpoint \"{0}\" already exists")]
     DuplicateEndpoint(String),
     #[error("{0}")]
@@ -16,7 +22,11 @@ pub enum WebhookError {
     #[error("argument \"{0}\" must not be NULL")]
     NullArgument(&'static str),
     #[error("column \"{column}\" named in {option} does not exist in table {table}")]
-    UnknownColumn { option: &'static str, column: String, table: String },
+    UnknownColumn {
+        option: &'static str,
+        column: String,
+        table: String,
+    },
     #[error("table {0} has no primary key; pass lookup => ARRAY['column', ...] to name the columns that identify a row")]
     NoKey(String),
     #[error("table {table} is not watched by endpoint \"{endpoint}\"")]

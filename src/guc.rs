@@ -5,14 +5,16 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::{CStr, CString};
 use std::time::Duration;
 
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static RETRY_DELAYS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"4s,8s,16s,32s,64s"));
 pub static TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
-pub static ALLOWED_NETWORKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+pub static ALLOWED_NETWORKS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
 pub static ROTATION_OVERLAP_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 
 pub fn register() {
@@ -115,7 +117,9 @@ unsafe extern "C-unwind" fn check_retry_delays(
         Err(msg) => {
             let detail = CString::new(msg).unwrap_or_default();
             unsafe {
-                pgrx::pg_sys::GUC_check_errcode(pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+                pgrx::pg_sys::GUC_check_errcode(
+                    pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32,
+                );
                 pgrx::pg_sys::GUC_check_errdetail_string = pgrx::pg_sys::pstrdup(detail.as_ptr());
             }
             false
@@ -124,7 +128,10 @@ unsafe extern "C-unwind" fn check_retry_delays(
 }
 
 fn string(setting: &GucSetting<Option<CString>>) -> String {
-    setting.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    setting
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 pub fn database() -> String {

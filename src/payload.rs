@@ -25,7 +25,9 @@ pub struct Change<'a> {
 impl Change<'_> {
     /// The row whose values are sent: new for insert/update, old for delete.
     fn row(&self) -> &Row {
-        self.new.or(self.old).expect("a row change has at least one row")
+        self.new
+            .or(self.old)
+            .expect("a row change has at least one row")
     }
 }
 
@@ -41,7 +43,8 @@ pub fn operation(shape: &Shape, change: &Change) -> &'static str {
         Op::Insert => "data_insert",
         Op::Delete => "delete",
         Op::Update => {
-            let (Some(vis), Some(old), Some(new)) = (&shape.visibility_column, change.old, change.new)
+            let (Some(vis), Some(old), Some(new)) =
+                (&shape.visibility_column, change.old, change.new)
             else {
                 return "data_update";
             };
@@ -56,11 +59,14 @@ pub fn operation(shape: &Shape, change: &Change) -> &'static str {
 }
 
 fn hidden_fields(shape: &Shape, row: &Row) -> Vec<String> {
-    let Some(vis) = &shape.visibility_column else { return Vec::new() };
+    let Some(vis) = &shape.visibility_column else {
+        return Vec::new();
+    };
     match row.get(vis) {
-        Some(Value::Array(items)) => {
-            items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
-        }
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -158,10 +164,15 @@ mod tests {
         v.as_object().unwrap().clone()
     }
 
-    const META: Meta = Meta { id: "7", occurred_at: "2026-01-01T00:00:00Z" };
+    const META: Meta = Meta {
+        id: "7",
+        occurred_at: "2026-01-01T00:00:00Z",
+    };
 
     fn juliet() -> Row {
-        row(json!({"user_id": "0e22", "email": "jrose@acme.com", "first_name": "Juliet", "hidden": null}))
+        row(
+            json!({"user_id": "0e22", "email": "jrose@acme.com", "first_name": "Juliet", "hidden": null}),
+        )
     }
 
     fn parse(s: String) -> Value {
@@ -170,10 +181,17 @@ mod tests {
 
     #[test]
     fn insert_matches_the_spec_shape() {
-        let o = Options { lookup: Some(vec!["email".into()]), ..opts() };
+        let o = Options {
+            lookup: Some(vec!["email".into()]),
+            ..opts()
+        };
         let shape = o.resolve(&users()).unwrap();
         let new = juliet();
-        let change = Change { op: Op::Insert, old: None, new: Some(&new) };
+        let change = Change {
+            op: Op::Insert,
+            old: None,
+            new: Some(&new),
+        };
         assert_eq!(
             parse(rownd(&shape, &users(), &change, &META)),
             json!({
@@ -198,7 +216,11 @@ mod tests {
         let old = juliet();
         let mut new = juliet();
         new.insert("hidden".into(), json!(["mail"]));
-        let change = Change { op: Op::Update, old: Some(&old), new: Some(&new) };
+        let change = Change {
+            op: Op::Update,
+            old: Some(&old),
+            new: Some(&new),
+        };
         let body = parse(rownd(&shape, &users(), &change, &META));
         assert_eq!(body["meta"]["operation"], "visibility_update");
         assert_eq!(
@@ -209,7 +231,11 @@ mod tests {
 
         let mut changed = new.clone();
         changed.insert("first_name".into(), json!("Jules"));
-        let change = Change { op: Op::Update, old: Some(&old), new: Some(&changed) };
+        let change = Change {
+            op: Op::Update,
+            old: Some(&old),
+            new: Some(&changed),
+        };
         assert_eq!(operation(&shape, &change), "data_update");
     }
 
@@ -217,21 +243,43 @@ mod tests {
     fn delete_sends_key_columns_and_no_redacted_key() {
         let shape = opts().resolve(&users()).unwrap();
         let old = juliet();
-        let change = Change { op: Op::Delete, old: Some(&old), new: None };
+        let change = Change {
+            op: Op::Delete,
+            old: Some(&old),
+            new: None,
+        };
         let body = parse(rownd(&shape, &users(), &change, &META));
         assert_eq!(body["data"], json!({"user_id": "0e22"}));
         assert!(body.get("redacted").is_none());
         assert_eq!(body["meta"]["operation"], "delete");
-        assert_eq!(body["meta"]["lookup_values"], json!([{"field": "user_id", "value": "0e22"}]));
+        assert_eq!(
+            body["meta"]["lookup_values"],
+            json!([{"field": "user_id", "value": "0e22"}])
+        );
     }
 
     #[test]
     fn census_envelope() {
-        let o = Options { columns: Some(vec!["email".into()]), name: Some("active users".into()), ..opts() };
+        let o = Options {
+            columns: Some(vec!["email".into()]),
+            name: Some("active users".into()),
+            ..opts()
+        };
         let shape = o.resolve(&users()).unwrap();
         let new = juliet();
-        let change = Change { op: Op::Insert, old: None, new: Some(&new) };
-        let body = parse(census(&shape, &users(), &change, &META, "Webhook Test", Some(1234)));
+        let change = Change {
+            op: Op::Insert,
+            old: None,
+            new: Some(&new),
+        };
+        let body = parse(census(
+            &shape,
+            &users(),
+            &change,
+            &META,
+            "Webhook Test",
+            Some(1234),
+        ));
         assert_eq!(
             body,
             json!({"api_version": 1, "operation": "changed", "sync_run_at": "2026-01-01T00:00:00Z",
@@ -243,9 +291,19 @@ mod tests {
 
     #[test]
     fn numbers_keep_their_exact_text() {
-        let r: Row = serde_json::from_str(r#"{"user_id": 12345678901234567890.123456789}"#).unwrap();
-        let shape = Options { columns: Some(vec!["user_id".into()]), ..opts() }.resolve(&users()).unwrap();
-        let change = Change { op: Op::Insert, old: None, new: Some(&r) };
+        let r: Row =
+            serde_json::from_str(r#"{"user_id": 12345678901234567890.123456789}"#).unwrap();
+        let shape = Options {
+            columns: Some(vec!["user_id".into()]),
+            ..opts()
+        }
+        .resolve(&users())
+        .unwrap();
+        let change = Change {
+            op: Op::Insert,
+            old: None,
+            new: Some(&r),
+        };
         assert!(rownd(&shape, &users(), &change, &META).contains("12345678901234567890.123456789"));
     }
 }

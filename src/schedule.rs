@@ -5,11 +5,13 @@ use std::time::Duration;
 /// Parse a duration such as `250ms`, `4s`, `2min`, `1h` (a bare number means seconds).
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let s = raw.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration \"{raw}\": expected a number with a unit (ms, s, min, h)"))?;
+    let value: f64 = num.parse().map_err(|_| {
+        format!("invalid duration \"{raw}\": expected a number with a unit (ms, s, min, h)")
+    })?;
     let scale = match unit.trim() {
         "ms" => 0.001,
         "" | "s" => 1.0,
@@ -23,7 +25,9 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     };
     let secs = value * scale;
     if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
-        return Err(format!("invalid duration \"{raw}\": must be between 0 and 24h"));
+        return Err(format!(
+            "invalid duration \"{raw}\": must be between 0 and 24h"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -33,9 +37,15 @@ pub fn parse_delays(raw: &str) -> Result<Vec<Duration>, String> {
     if raw.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let delays = raw.split(',').map(parse_duration).collect::<Result<Vec<_>, _>>()?;
+    let delays = raw
+        .split(',')
+        .map(parse_duration)
+        .collect::<Result<Vec<_>, _>>()?;
     if delays.len() > 100 {
-        return Err(format!("{} retry delays given; at most 100 are accepted", delays.len()));
+        return Err(format!(
+            "{} retry delays given; at most 100 are accepted",
+            delays.len()
+        ));
     }
     Ok(delays)
 }
@@ -94,7 +104,10 @@ mod tests {
 
     #[test]
     fn default_schedule_is_the_documented_one() {
-        assert_eq!(parse_delays(DEFAULT_RETRY_DELAYS).unwrap(), vec![s(4), s(8), s(16), s(32), s(64)]);
+        assert_eq!(
+            parse_delays(DEFAULT_RETRY_DELAYS).unwrap(),
+            vec![s(4), s(8), s(16), s(32), s(64)]
+        );
     }
 
     #[test]
@@ -106,7 +119,7 @@ mod tests {
         assert!(parse_duration("3d").unwrap_err().contains("\"d\""));
         assert!(parse_duration("x").is_err());
         assert!(parse_delays("1s,,2s").is_err());
-        assert_eq!(parse_delays("").unwrap(), vec![]);
+        assert!(parse_delays("").unwrap().is_empty());
     }
 
     #[test]
@@ -130,7 +143,10 @@ mod tests {
     #[test]
     fn retry_after_lengthens_never_shortens() {
         let d = vec![s(4)];
-        assert_eq!(next_step(false, 1, &d, Some(s(30))), Next::RetryAfter(s(30)));
+        assert_eq!(
+            next_step(false, 1, &d, Some(s(30))),
+            Next::RetryAfter(s(30))
+        );
         assert_eq!(next_step(false, 1, &d, Some(s(1))), Next::RetryAfter(s(4)));
         assert_eq!(parse_retry_after("120"), Some(s(120)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub const MAX_WORKERS: usize = 16;
 
-static LATCHES: PgAtomic<[AtomicUsize; MAX_WORKERS]> = unsafe { PgAtomic::new(c"webhook_worker_latches") };
+static LATCHES: PgAtomic<[AtomicUsize; MAX_WORKERS]> =
+    unsafe { PgAtomic::new(c"webhook_worker_latches") };
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
@@ -58,7 +59,10 @@ pub fn wake_workers_at_commit() {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+unsafe extern "C-unwind" fn on_xact_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_COMMIT => {
             if WAKE_AT_COMMIT.with(|w| w.replace(false)) {

@@ -29,7 +29,11 @@ pub struct Events {
 }
 
 impl Events {
-    pub const ALL: Events = Events { insert: true, update: true, delete: true };
+    pub const ALL: Events = Events {
+        insert: true,
+        update: true,
+        delete: true,
+    };
 
     pub fn parse(list: &[String]) -> Result<Events> {
         if list.is_empty() {
@@ -54,11 +58,15 @@ impl Events {
     }
 
     pub fn to_list(self) -> Vec<String> {
-        [("insert", self.insert), ("update", self.update), ("delete", self.delete)]
-            .into_iter()
-            .filter(|(_, on)| *on)
-            .map(|(n, _)| n.to_string())
-            .collect()
+        [
+            ("insert", self.insert),
+            ("update", self.update),
+            ("delete", self.delete),
+        ]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(n, _)| n.to_string())
+        .collect()
     }
 }
 
@@ -150,7 +158,10 @@ impl Options {
             }
         };
         let field_of = |col: &str| -> String {
-            renames.iter().find(|(c, _)| c == col).map_or(col.to_string(), |(_, t)| t.clone())
+            renames
+                .iter()
+                .find(|(c, _)| c == col)
+                .map_or(col.to_string(), |(_, t)| t.clone())
         };
         let fields: Vec<(String, String)> = table
             .columns
@@ -196,7 +207,10 @@ impl Options {
         };
         Ok(Shape {
             events,
-            lookup: lookup_cols.iter().map(|c| (c.clone(), field_of(c))).collect(),
+            lookup: lookup_cols
+                .iter()
+                .map(|c| (c.clone(), field_of(c)))
+                .collect(),
             fields,
             redact: self.redact.clone(),
             visibility_column,
@@ -226,20 +240,30 @@ pub(crate) mod tests {
     }
 
     pub fn opts() -> Options {
-        Options { events: Events::ALL.to_list(), rename: json!({}), ..Default::default() }
+        Options {
+            events: Events::ALL.to_list(),
+            rename: json!({}),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn defaults_select_every_column_and_primary_key() {
         let s = opts().resolve(&users()).unwrap();
         assert_eq!(s.fields.len(), 4);
-        assert_eq!(s.lookup, vec![("user_id".to_string(), "user_id".to_string())]);
+        assert_eq!(
+            s.lookup,
+            vec![("user_id".to_string(), "user_id".to_string())]
+        );
         assert_eq!(s.name, "public.users");
     }
 
     #[test]
     fn rename_applies_to_fields_and_lookup() {
-        let o = Options { rename: json!({"user_id": "id"}), ..opts() };
+        let o = Options {
+            rename: json!({"user_id": "id"}),
+            ..opts()
+        };
         let s = o.resolve(&users()).unwrap();
         assert_eq!(s.fields[0], ("user_id".into(), "id".into()));
         assert_eq!(s.lookup, vec![("user_id".to_string(), "id".to_string())]);
@@ -248,16 +272,76 @@ pub(crate) mod tests {
     #[test]
     fn bad_options_name_the_bad_value() {
         let cases: Vec<(Options, &str)> = vec![
-            (Options { events: vec!["truncate".into()], ..opts() }, "\"truncate\""),
-            (Options { columns: Some(vec!["nope".into()]), ..opts() }, "\"nope\""),
-            (Options { rename: json!({"nope": "x"}), ..opts() }, "\"nope\""),
-            (Options { rename: json!({"email": "first_name"}), ..opts() }, "\"first_name\""),
-            (Options { rename: json!([]), ..opts() }, "rename must be a JSON object"),
-            (Options { redact: vec!["nope".into()], ..opts() }, "\"nope\""),
-            (Options { lookup: Some(vec!["nope".into()]), ..opts() }, "\"nope\""),
-            (Options { visibility_column: Some("email".into()), ..opts() }, "text[]"),
-            (Options { visibility_column: Some("nope".into()), ..opts() }, "\"nope\""),
-            (Options { redact: vec!["user_id".into()], ..opts() }, "\"user_id\""),
+            (
+                Options {
+                    events: vec!["truncate".into()],
+                    ..opts()
+                },
+                "\"truncate\"",
+            ),
+            (
+                Options {
+                    columns: Some(vec!["nope".into()]),
+                    ..opts()
+                },
+                "\"nope\"",
+            ),
+            (
+                Options {
+                    rename: json!({"nope": "x"}),
+                    ..opts()
+                },
+                "\"nope\"",
+            ),
+            (
+                Options {
+                    rename: json!({"email": "first_name"}),
+                    ..opts()
+                },
+                "\"first_name\"",
+            ),
+            (
+                Options {
+                    rename: json!([]),
+                    ..opts()
+                },
+                "rename must be a JSON object",
+            ),
+            (
+                Options {
+                    redact: vec!["nope".into()],
+                    ..opts()
+                },
+                "\"nope\"",
+            ),
+            (
+                Options {
+                    lookup: Some(vec!["nope".into()]),
+                    ..opts()
+                },
+                "\"nope\"",
+            ),
+            (
+                Options {
+                    visibility_column: Some("email".into()),
+                    ..opts()
+                },
+                "text[]",
+            ),
+            (
+                Options {
+                    visibility_column: Some("nope".into()),
+                    ..opts()
+                },
+                "\"nope\"",
+            ),
+            (
+                Options {
+                    redact: vec!["user_id".into()],
+                    ..opts()
+                },
+                "\"user_id\"",
+            ),
         ];
         for (o, needle) in cases {
             let err = o.resolve(&users()).unwrap_err().to_string();
@@ -265,8 +349,14 @@ pub(crate) mod tests {
         }
         let mut no_pk = users();
         no_pk.primary_key.clear();
-        assert!(matches!(opts().resolve(&no_pk), Err(WebhookError::NoKey(_))));
-        let with_lookup = Options { lookup: Some(vec!["email".into()]), ..opts() };
+        assert!(matches!(
+            opts().resolve(&no_pk),
+            Err(WebhookError::NoKey(_))
+        ));
+        let with_lookup = Options {
+            lookup: Some(vec!["email".into()]),
+            ..opts()
+        };
         assert!(with_lookup.resolve(&no_pk).is_ok());
     }
 }

@@ -23,9 +23,14 @@ const PRIMARY_KEY_SQL: &str = "SELECT a.attname::pg_catalog.text
 
 pub fn load(relid: pg_sys::Oid) -> Result<TableShape> {
     Spi::connect(|client| {
-        let found = client.select(TABLE_SQL, None, &[relid.into()]).expect("pg_class look-up");
+        let found = client
+            .select(TABLE_SQL, None, &[relid.into()])
+            .expect("pg_class look-up");
         let Some(row) = found.into_iter().next() else {
-            return Err(WebhookError::invalid(format!("relation with OID {} does not exist", relid.to_u32())));
+            return Err(WebhookError::invalid(format!(
+                "relation with OID {} does not exist",
+                relid.to_u32()
+            )));
         };
         let schema: String = row.get(1).expect("nspname").unwrap_or_default();
         let table: String = row.get(2).expect("relname").unwrap_or_default();
@@ -52,6 +57,12 @@ pub fn load(relid: pg_sys::Oid) -> Result<TableShape> {
             .into_iter()
             .map(|r| r.get::<String>(1).expect("attname").unwrap_or_default())
             .collect();
-        Ok(TableShape { qualified_name, schema, table, columns, primary_key })
+        Ok(TableShape {
+            qualified_name,
+            schema,
+            table,
+            columns,
+            primary_key,
+        })
     })
 }

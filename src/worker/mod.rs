@@ -115,7 +115,11 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
             let lease = settings.timeout + LEASE_MARGIN;
             let (jobs, next_due) = BackgroundWorker::transaction(|| {
                 let jobs = queue::claim(limit, lease, settings.timeout);
-                let next_due = if (jobs.len() as i64) < limit { queue::next_due() } else { Some(0.0) };
+                let next_due = if (jobs.len() as i64) < limit {
+                    queue::next_due()
+                } else {
+                    Some(0.0)
+                };
                 (jobs, next_due)
             });
             in_flight += jobs.len();

@@ -74,18 +74,26 @@ SELECT extract(epoch FROM min(d.next_attempt_at) - now())::float8 FROM webhook.d
 WHERE d.status IN ('pending', 'delivering')
   AND d.endpoint_id IN (SELECT e.id FROM webhook.endpoint e WHERE e.enabled)";
 
-const READY_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'webhook')";
+const READY_SQL: &str =
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'webhook')";
 
 /// Is the extension created in this database?
 pub fn ready() -> bool {
-    Spi::get_one::<bool>(READY_SQL).ok().flatten().unwrap_or(false)
+    Spi::get_one::<bool>(READY_SQL)
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// Claim up to `limit` due deliveries; each becomes a job leased for `lease`.
 pub fn claim(limit: i64, lease: Duration, timeout: Duration) -> Vec<Job> {
     Spi::connect_mut(|client| {
         let rows = client
-            .update(CLAIM_SQL, None, &[limit.into(), (lease.as_millis() as f64).into()])
+            .update(
+                CLAIM_SQL,
+                None,
+                &[limit.into(), (lease.as_millis() as f64).into()],
+            )
             .expect("claiming deliveries");
         let claimed: Vec<(i64, i64, i32, i32, String)> = rows
             .into_iter()
@@ -118,10 +126,13 @@ pub fn claim(limit: i64, lease: Duration, timeout: Duration) -> Vec<Job> {
                     .into_iter()
                     .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
                     .collect();
-                let secrets = [r.get::<String>(5).expect("secret"), r.get::<String>(6).expect("previous")]
-                    .into_iter()
-                    .flatten()
-                    .collect();
+                let secrets = [
+                    r.get::<String>(5).expect("secret"),
+                    r.get::<String>(6).expect("previous"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
                 let dest = Destination {
                     endpoint_id: id,
                     url: r.get(2).expect("url").unwrap_or_default(),
@@ -217,7 +228,16 @@ pub fn record(outcomes: &[Outcome], delays: &[Duration]) {
             )
             .expect("recording attempts");
         client
-            .update(HEALTH_SQL, None, &[h_ids.into(), h_ok.into(), h_trailing.into(), h_failed.into()])
+            .update(
+                HEALTH_SQL,
+                None,
+                &[
+                    h_ids.into(),
+                    h_ok.into(),
+                    h_trailing.into(),
+                    h_failed.into(),
+                ],
+            )
             .expect("recording endpoint health");
     });
 }

@@ -58,7 +58,9 @@ pub fn agent() -> ureq::Agent {
 
 /// The headers of one attempt, signed now (SPEC §3).
 pub fn signed_headers(dest: &Destination, msg_id: &str, body: &[u8]) -> Vec<(String, String)> {
-    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     let mut headers = dest.headers.clone();
     headers.push(("Content-Type".into(), "application/json".into()));
     if let Some(newest) = dest.secrets.first() {
@@ -74,8 +76,16 @@ pub fn signed_headers(dest: &Destination, msg_id: &str, body: &[u8]) -> Vec<(Str
 }
 
 /// Send one signed request now; never panics on network errors.
-pub fn send(agent: &ureq::Agent, dest: &Destination, msg_id: &str, body: &[u8], timeout: Duration) -> Attempt {
-    let started_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+pub fn send(
+    agent: &ureq::Agent,
+    dest: &Destination,
+    msg_id: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Attempt {
+    let started_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     let clock = Instant::now();
     let headers = signed_headers(dest, msg_id, body);
     let builder = match dest.method.as_str() {
@@ -96,7 +106,11 @@ pub fn send(agent: &ureq::Agent, dest: &Destination, msg_id: &str, body: &[u8], 
             .and_then(schedule::parse_retry_after)
             .filter(|_| status == 429 || status == 503);
         let mut kept = Vec::new();
-        let read = response.body_mut().as_reader().take(MAX_RESPONSE_BYTES).read_to_end(&mut kept);
+        let read = response
+            .body_mut()
+            .as_reader()
+            .take(MAX_RESPONSE_BYTES)
+            .read_to_end(&mut kept);
         Ok((status, retry_after, kept, read.err()))
     });
     let duration = clock.elapsed();
@@ -126,7 +140,10 @@ pub fn send(agent: &ureq::Agent, dest: &Destination, msg_id: &str, body: &[u8], 
 
 fn describe(e: &ureq::Error, timeout: Duration) -> String {
     match e {
-        ureq::Error::Timeout(_) => format!("timeout: no complete response within {} ms", timeout.as_millis()),
+        ureq::Error::Timeout(_) => format!(
+            "timeout: no complete response within {} ms",
+            timeout.as_millis()
+        ),
         other => other.to_string(),
     }
 }
@@ -162,7 +179,14 @@ impl Pool {
     pub fn new() -> Pool {
         let (jobs, job_rx) = unbounded();
         let (results_tx, results) = unbounded();
-        Pool { jobs, job_rx, results_tx, results, threads: Vec::new(), agent: agent() }
+        Pool {
+            jobs,
+            job_rx,
+            results_tx,
+            results,
+            threads: Vec::new(),
+            agent: agent(),
+        }
     }
 
     /// Grow to `n` sender threads (never shrinks; idle threads just wait).
@@ -180,7 +204,9 @@ impl Pool {
     }
 
     pub fn submit(&self, job: Job) {
-        self.jobs.send(job).expect("the pool holds a receiver, so the channel is open");
+        self.jobs
+            .send(job)
+            .expect("the pool holds a receiver, so the channel is open");
     }
 
     pub fn finished(&self) -> Vec<Outcome> {
@@ -193,7 +219,13 @@ fn sender_thread(agent: ureq::Agent, jobs: Receiver<Job>, results: Sender<Outcom
     while let Ok(job) = jobs.recv() {
         let msg_id = job.delivery_id.to_string();
         let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            send(&agent, &job.destination, &msg_id, job.body.as_bytes(), job.timeout)
+            send(
+                &agent,
+                &job.destination,
+                &msg_id,
+                job.body.as_bytes(),
+                job.timeout,
+            )
         }))
         .unwrap_or_else(|_| Attempt {
             started_at: 0.0,
