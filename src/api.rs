@@ -42,7 +42,6 @@ fn endpoint_id(client: &SpiClient, name: &str) -> Result<i64> {
             &[name.into()],
         )
         .expect("endpoint look-up")
-        .into_iter()
         .next()
         .and_then(|r| r.get::<i64>(1).expect("id"))
         .ok_or_else(|| WebhookError::UnknownEndpoint(name.to_string()))
@@ -57,7 +56,6 @@ fn watched_tables(client: &SpiClient, endpoint_id: i64) -> Vec<pg_sys::Oid> {
             &[endpoint_id.into()],
         )
         .expect("subscription look-up")
-        .into_iter()
         .filter_map(|r| r.get::<pg_sys::Oid>(1).expect("relid"))
         .collect()
 }
@@ -84,7 +82,6 @@ fn sync_trigger(client: &mut SpiClient, relid: pg_sys::Oid) {
             &[relid.into()],
         )
         .expect("subscribed endpoints")
-        .into_iter()
         .filter_map(|r| r.get::<String>(1).expect("name"))
         .collect();
     let exists = client
@@ -512,13 +509,12 @@ fn redeliver(delivery_id: Option<i64>) {
         let id = required(delivery_id, "delivery_id")?;
         Spi::connect_mut(|client| {
             let status: Option<String> = client
-                .select(
+                .update(
                     "SELECT status FROM webhook.delivery WHERE id = $1 FOR UPDATE",
                     None,
                     &[id.into()],
                 )
                 .expect("delivery look-up")
-                .into_iter()
                 .next()
                 .and_then(|r| r.get(1).expect("status"));
             match status.as_deref() {

@@ -44,7 +44,6 @@ pub fn load(relid: pg_sys::Oid) -> Result<TableShape> {
         let columns = client
             .select(COLUMNS_SQL, None, &[relid.into()])
             .expect("pg_attribute look-up")
-            .into_iter()
             .map(|r| {
                 let name: String = r.get(1).expect("attname").unwrap_or_default();
                 let is_text_array: bool = r.get(2).expect("atttypid").unwrap_or(false);
@@ -54,7 +53,6 @@ pub fn load(relid: pg_sys::Oid) -> Result<TableShape> {
         let primary_key = client
             .select(PRIMARY_KEY_SQL, None, &[relid.into()])
             .expect("pg_index look-up")
-            .into_iter()
             .map(|r| r.get::<String>(1).expect("attname").unwrap_or_default())
             .collect();
         Ok(TableShape {

@@ -116,7 +116,6 @@ pub fn claim(limit: i64, lease: Duration, timeout: Duration) -> Vec<Job> {
         let destinations: HashMap<i64, Arc<Destination>> = client
             .select(DESTINATIONS_SQL, None, &[endpoint_ids.into()])
             .expect("loading endpoints")
-            .into_iter()
             .map(|r| {
                 let id: i64 = r.get(1).expect("id").unwrap_or_default();
                 let headers: Option<JsonB> = r.get(4).expect("headers");

@@ -97,7 +97,7 @@ pub fn send(
     for (name, value) in &headers {
         builder = builder.header(name.as_str(), value.as_str());
     }
-    let result = builder.send(body).and_then(|mut response| {
+    let result = builder.send(body).map(|mut response| {
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -111,7 +111,7 @@ pub fn send(
             .as_reader()
             .take(MAX_RESPONSE_BYTES)
             .read_to_end(&mut kept);
-        Ok((status, retry_after, kept, read.err()))
+        (status, retry_after, kept, read.err())
     });
     let duration = clock.elapsed();
     match result {
