@@ -64,7 +64,8 @@ CREATE TABLE webhook.delivery (
     delivered_at     timestamptz
 );
 ALTER SEQUENCE webhook.delivery_id_seq OWNED BY webhook.delivery.id;
-CREATE INDEX delivery_due ON webhook.delivery (next_attempt_at)
+-- The worker claims per enabled endpoint, oldest due first.
+CREATE INDEX delivery_due ON webhook.delivery (endpoint_id, next_attempt_at)
     WHERE status IN ('pending', 'delivering');
 
 -- Every attempt, with what came back (at most 64 KiB of the body).

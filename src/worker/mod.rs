@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How often finished requests are collected while some are in flight.
 const RESULT_POLL: Duration = Duration::from_millis(5);
+/// After a commit wakes the worker it lets further commits gather this long, so that a busy
+/// write path wakes it at most a few hundred times a second instead of once per commit.
+/// Commits meanwhile only set the latch: no signal is sent while the worker is not waiting.
+const WAKE_DEBOUNCE: Duration = Duration::from_millis(2);
 /// A lease outlives the attempt's timeout by this much before another claim may take it.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// How long a stopping worker waits for requests in flight before leaving them to lease expiry.
@@ -66,12 +70,15 @@ fn reload_config_if_asked() {
 
 fn wait(timeout: Duration) {
     unsafe {
-        pg_sys::WaitLatch(
+        let events = pg_sys::WaitLatch(
             pg_sys::MyLatch,
             (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
             timeout.as_millis().min(i64::MAX as u128) as i64,
             pg_sys::PG_WAIT_EXTENSION,
         );
+        if events & pg_sys::WL_LATCH_SET as i32 != 0 && !shutdown_requested() {
+            std::thread::sleep(WAKE_DEBOUNCE);
+        }
         pg_sys::ResetLatch(pg_sys::MyLatch);
     }
     pgrx::check_for_interrupts!();

@@ -11,12 +11,20 @@ use std::time::Duration;
 
 const CLAIM_SQL: &str = "
 WITH due AS (
-    SELECT d.id, d.status FROM webhook.delivery d
-    WHERE d.status IN ('pending', 'delivering') AND d.next_attempt_at <= now()
-      AND d.endpoint_id IN (SELECT e.id FROM webhook.endpoint e WHERE e.enabled)
+    -- Per enabled endpoint, through delivery_due: a disabled endpoint's backlog is never scanned.
+    SELECT d.id, d.status
+    FROM webhook.endpoint e
+    CROSS JOIN LATERAL (
+        SELECT d.id, d.status, d.next_attempt_at FROM webhook.delivery d
+        WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'delivering')
+          AND d.next_attempt_at <= now()
+        ORDER BY d.next_attempt_at
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    ) d
+    WHERE e.enabled
     ORDER BY d.next_attempt_at
     LIMIT $1
-    FOR UPDATE OF d SKIP LOCKED
 ), claimed AS (
     UPDATE webhook.delivery d
     SET status = 'delivering', attempts = d.attempts + 1,
@@ -70,9 +78,14 @@ FROM unnest($1::int8[], $2::bool[], $3::int4[], $4::bool[]) AS u(id, succeeded, 
 WHERE e.id = u.id";
 
 const NEXT_DUE_SQL: &str = "
-SELECT extract(epoch FROM min(d.next_attempt_at) - now())::float8 FROM webhook.delivery d
-WHERE d.status IN ('pending', 'delivering')
-  AND d.endpoint_id IN (SELECT e.id FROM webhook.endpoint e WHERE e.enabled)";
+SELECT extract(epoch FROM min(d.next_attempt_at) - now())::float8
+FROM webhook.endpoint e
+CROSS JOIN LATERAL (
+    SELECT d.next_attempt_at FROM webhook.delivery d
+    WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'delivering')
+    ORDER BY d.next_attempt_at LIMIT 1
+) d
+WHERE e.enabled";
 
 const READY_SQL: &str =
     "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'webhook')";
