@@ -1,0 +1,192 @@
+"""Real PostgreSQL cluster + real HTTP receiver on 127.0.0.1, shared by the e2e tests and the demo.
+
+PostgreSQL refuses to run as root, so the cluster belongs to the `postgres` OS user and is driven
+through runuser; the tests themselves connect over TCP to 127.0.0.1.
+"""
+import base64
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import psycopg
+from standardwebhooks.webhooks import Webhook
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres(*cmd):
+    prefix = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
+    return subprocess.run(prefix + list(cmd), check=True, capture_output=True, text=True)
+
+
+class Cluster:
+    """A throwaway cluster with the webhook worker preloaded."""
+
+    def __init__(self, settings=None, preload=True):
+        self.dir = tempfile.mkdtemp(prefix="webhook-e2e-")
+        self.data = os.path.join(self.dir, "data")
+        self.log = os.path.join(self.dir, "server.log")
+        self.port = free_port()
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres")
+        as_postgres(f"{PG_BIN}/initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        conf = {
+            "port": self.port,
+            "listen_addresses": "'127.0.0.1'",
+            "unix_socket_directories": f"'{self.dir}'",
+            "webhook.database": "'postgres'",
+            "webhook.allowed_networks": "'127.0.0.0/8,::1/128'",
+            "fsync": "off",
+        }
+        if preload:
+            conf["shared_preload_libraries"] = "'webhook'"
+        conf.update(settings or {})
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+            for k, v in conf.items():
+                f.write(f"{k} = {v}\n")
+
+    def start(self):
+        as_postgres(f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "start")
+        return self
+
+    def stop(self, mode="fast"):
+        as_postgres(f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+
+    def cleanup(self):
+        try:
+            self.stop("immediate")
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def dsn(self, user="postgres"):
+        return f"host=127.0.0.1 port={self.port} dbname=postgres user={user}"
+
+    def connect(self, user="postgres", autocommit=True):
+        return psycopg.connect(self.dsn(user), autocommit=autocommit)
+
+    def set(self, name, value):
+        """Change a reloadable setting for the whole cluster (the worker rereads it on SIGHUP)."""
+        with self.connect() as c:
+            c.execute(f"ALTER SYSTEM SET {name} = %s", (value,))
+            c.execute("SELECT pg_reload_conf()")
+        time.sleep(0.3)
+
+    def log_tail(self, n=40):
+        try:
+            with open(self.log) as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+
+class Request:
+    def __init__(self, method, path, headers, body):
+        self.received = time.monotonic()
+        self.wall = time.time()
+        self.method = method
+        self.path = path
+        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class Receiver:
+    """HTTP/1.1 keep-alive receiver; the path picks the behaviour:
+    /ok -> 200, /status/<code> -> that code, /sleep/<s> -> sleep then 200,
+    /flaky/<n>/<tag> -> 500 for the first n requests on that path, then 200."""
+
+    def __init__(self):
+        self.requests = []
+        self.lock = threading.Lock()
+        self.counts = {}
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                with receiver.lock:
+                    receiver.requests.append(Request(self.command, self.path, dict(self.headers), body))
+                    receiver.counts[self.path] = receiver.counts.get(self.path, 0) + 1
+                    seen = receiver.counts[self.path]
+                parts = self.path.strip("/").split("/")
+                code, extra = 200, {}
+                if parts[0] == "status":
+                    code = int(parts[1])
+                    if 300 <= code < 400:
+                        extra["Location"] = receiver.url("/ok")
+                elif parts[0] == "sleep":
+                    time.sleep(float(parts[1]))
+                elif parts[0] == "flaky" and seen <= int(parts[1]):
+                    code = 500
+                payload = b"received"
+                self.send_response(code)
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                try:
+                    self.wfile.write(payload)
+                except OSError:
+                    pass
+
+            do_POST = do_PUT = do_PATCH = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def received(self, path=None):
+        with self.lock:
+            return [r for r in self.requests if path is None or r.path == path]
+
+    def wait_for(self, count, path=None, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.received(path)
+            if len(got) >= count:
+                return got
+            time.sleep(0.02)
+        got = self.received(path)
+        raise AssertionError(f"expected {count} requests on {path}, got {len(got)} within {timeout}s")
+
+    def close(self):
+        self.server.shutdown()
+
+
+def verify(request, secret):
+    """(X-Signature ok, Standard Webhooks ok), each checked by an independent implementation."""
+    expected = base64.b64encode(hmac.new(secret.encode(), request.body, hashlib.sha256).digest())
+    x_ok = hmac.compare_digest(expected, request.headers.get("x-signature", "").encode())
+    try:
+        Webhook(secret).verify(request.body, request.headers)
+        std_ok = True
+    except Exception:
+        std_ok = False
+    return x_ok, std_ok

@@ -1,0 +1,310 @@
+"""End to end: real cluster with the worker, real receiver on 127.0.0.1, independent verifiers."""
+import base64
+import datetime
+import decimal
+import hashlib
+import hmac
+import json
+import socket
+import time
+
+import psycopg
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from conftest import RETRY_DELAYS_MS, endpoint, make_table, one, wait_status, wait_until
+from harness import verify
+
+
+def watched(db, receiver, name, ddl="id int PRIMARY KEY, v text", path=None, **watch):
+    make_table(db, name, ddl)
+    secret = endpoint(db, name, receiver.url(path or f"/ok/{name}"))
+    args = "".join(f", {k} => %s" for k in watch)
+    db.execute(f"SELECT webhook.watch(%s, %s{args})", (name, name, *watch.values()))
+    return secret
+
+
+def delivery_ids(db, name):
+    return [r[0] for r in db.execute("SELECT id FROM webhook.deliveries WHERE endpoint = %s ORDER BY id", (name,))]
+
+
+def test_payloads_for_insert_update_delete_and_visibility(db, receiver, name):
+    secret = watched(
+        db, receiver, name,
+        ddl="user_id uuid PRIMARY KEY, email text, first_name text, ssn text, hidden text[] DEFAULT '{}'",
+        rename=json.dumps({"first_name": "firstName"}), redact=["ssn"], visibility_column="hidden",
+    )
+    uid = "0e223bd4-1324-49ff-b948-122eeaaa42d1"
+    db.execute(f"INSERT INTO {name} VALUES (%s, 'jrose@acme.com', 'Juliet', '123', '{{}}')", (uid,))
+    db.execute(f"UPDATE {name} SET first_name = 'Jules'")
+    db.execute(f"UPDATE {name} SET hidden = '{{email}}'")
+    db.execute(f"DELETE FROM {name}")
+    # Deliveries are sent concurrently: order what arrived by delivery id.
+    got = sorted(receiver.wait_for(4, f"/ok/{name}"), key=lambda r: int(r.headers["webhook-id"]))
+    bodies = [r.json() for r in got]
+    ids = delivery_ids(db, name)
+    lookup = [{"field": "user_id", "value": uid}]
+    metas = []
+    for body, req, did in zip(bodies, got, ids):
+        meta = body["meta"]
+        assert meta.pop("table") == f"public.{name}"
+        assert meta.pop("id") == req.headers["webhook-id"] == str(did)
+        occurred = datetime.datetime.fromisoformat(meta.pop("occurred_at").replace("Z", "+00:00"))
+        assert abs((datetime.datetime.now(datetime.timezone.utc) - occurred).total_seconds()) < 60
+        metas.append(meta)
+        assert verify(req, secret) == (True, True)
+    assert bodies[0] == {
+        "data": {"user_id": uid, "email": "jrose@acme.com", "firstName": "Juliet", "ssn": "<<REDACTED>>"},
+        "redacted": ["ssn"],
+        "meta": {"operation": "data_insert", "lookup_values": lookup},
+    }
+    assert bodies[1] == {
+        "data": {"user_id": uid, "email": "jrose@acme.com", "firstName": "Jules", "ssn": "<<REDACTED>>"},
+        "redacted": ["ssn"],
+        "meta": {"operation": "data_update", "lookup_values": lookup},
+    }
+    assert bodies[2] == {
+        "data": {"user_id": uid, "email": "<<REDACTED>>", "firstName": "Jules", "ssn": "<<REDACTED>>"},
+        "redacted": ["email", "ssn"],
+        "meta": {"operation": "visibility_update", "lookup_values": lookup},
+    }
+    assert bodies[3] == {"data": {"user_id": uid}, "meta": {"operation": "delete", "lookup_values": lookup}}
+
+
+def test_columns_and_custom_lookup(db, receiver, name):
+    watched(db, receiver, name, ddl="id int PRIMARY KEY, email text, note text",
+            columns=["email"], lookup=["email"], events=["insert"])
+    db.execute(f"INSERT INTO {name} VALUES (1, 'a@b.c', 'secret note')")
+    db.execute(f"UPDATE {name} SET note = 'x'")  # not subscribed
+    body = receiver.wait_for(1, f"/ok/{name}")[0].json()
+    assert body["data"] == {"email": "a@b.c"}
+    assert body["meta"]["lookup_values"] == [{"field": "email", "value": "a@b.c"}]
+    time.sleep(0.5)
+    assert len(receiver.received(f"/ok/{name}")) == 1
+
+
+def test_values_follow_to_jsonb(db, receiver, name):
+    db.execute(f"CREATE TYPE {name}_mood AS ENUM ('happy', 'sad')")
+    db.execute(f"CREATE TYPE {name}_pair AS (a int, b text)")
+    db.execute(f"CREATE DOMAIN {name}_pos AS int CHECK (VALUE > 0)")
+    ddl = (f"id bigint PRIMARY KEY, nothing text, n numeric, big bigint, flag bool, t text, ts timestamptz,"
+           f" d date, u uuid, ints int[], texts text[], j json, jb jsonb, bin bytea, mood {name}_mood,"
+           f" pair {name}_pair, pos {name}_pos, f float8")
+    watched(db, receiver, name, ddl=ddl)
+    db.execute(
+        f"INSERT INTO {name} VALUES (9007199254740993, NULL, 12345678901234567890.123456789, -42, true,"
+        f" 'Ünïcødé \"quoted\" \\ back', '2021-08-31 23:03:29.5+02', '2021-08-31',"
+        f" '0e223bd4-1324-49ff-b948-122eeaaa42d1', '{{1,2,NULL}}', '{{\"a b\",c}}', '{{\"k\": [1, 2.5]}}',"
+        f" '{{\"x\": {{\"y\": null}}}}', '\\x00ff', 'sad', ROW(1, 'p'), 7, 1.5e300)"
+    )
+    req = receiver.wait_for(1, f"/ok/{name}")[0]
+    assert b"12345678901234567890.123456789" in req.body
+    assert b"9007199254740993" in req.body
+    got = json.loads(req.body, parse_float=decimal.Decimal, parse_int=decimal.Decimal)["data"]
+    oracle = one(db, f"SELECT to_jsonb(r)::text FROM {name} r")
+    expected = json.loads(oracle, parse_float=decimal.Decimal, parse_int=decimal.Decimal)
+    assert got == expected
+
+
+def test_signatures_and_headers(db, receiver, name):
+    secret = watched(db, receiver, name)
+    db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
+    req = receiver.wait_for(1, f"/ok/{name}")[0]
+    assert req.method == "POST"
+    assert req.headers["content-type"] == "application/json"
+    assert req.headers["user-agent"].startswith("pg-webhook/")
+    assert abs(int(req.headers["webhook-timestamp"]) - time.time()) < 60
+    assert verify(req, secret) == (True, True)
+    assert verify(req, secret[:-2] + "AA") == (False, False)  # the verifier can fail
+
+
+def test_known_answer_vector_with_independent_verifier():
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    key = base64.b64decode(secret[len("whsec_"):])
+    msg = b"msg_p5jXN8AQM9LWM0D4loKWxJek.1614265330." + b'{"test": 2432232314}'
+    sig = base64.b64encode(hmac.new(key, msg, hashlib.sha256).digest()).decode()
+    assert f"v1,{sig}" == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_retry_schedule_then_failed(db, receiver, name):
+    path = f"/status/500/{name}"
+    secret = watched(db, receiver, name, path=path)
+    db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
+    (did,) = delivery_ids(db, name)
+    wait_status(db, did, "failed", timeout=20)
+    got = receiver.received(path)
+    assert len(got) == 6
+    assert len({r.headers["webhook-id"] for r in got}) == 1
+    assert all(verify(r, secret) == (True, True) for r in got)
+    gaps = [(b.received - a.received) * 1000 for a, b in zip(got, got[1:])]
+    for gap, want in zip(gaps, RETRY_DELAYS_MS):
+        assert want * 0.9 <= gap < want + 1500, (gaps, RETRY_DELAYS_MS)
+    rows = db.execute(
+        "SELECT attempt, status_code, error FROM webhook.attempts WHERE delivery_id = %s ORDER BY attempt", (did,)
+    ).fetchall()
+    assert [(a, s) for a, s, _ in rows] == [(i, 500) for i in range(1, 7)]
+    assert one(db, "SELECT attempts FROM webhook.deliveries WHERE id = %s", did) == 6
+    stats = db.execute(
+        "SELECT failed, consecutive_failures FROM webhook.endpoint_stats WHERE endpoint = %s", (name,)
+    ).fetchone()
+    assert stats == (1, 6)
+
+
+def test_documented_defaults(db):
+    rows = dict(db.execute(
+        "SELECT name, boot_val || coalesce(unit, '') FROM pg_settings"
+        " WHERE name IN ('webhook.retry_delays', 'webhook.timeout')"
+    ).fetchall())
+    assert rows == {"webhook.retry_delays": "4s,8s,16s,32s,64s", "webhook.timeout": "10000ms"}
+
+
+def test_flaky_endpoint_succeeds_on_third_attempt(db, receiver, name):
+    path = f"/flaky/2/{name}"
+    watched(db, receiver, name, path=path)
+    db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
+    (did,) = delivery_ids(db, name)
+    wait_status(db, did, "delivered")
+    assert len(receiver.received(path)) == 3
+    row = db.execute("SELECT attempts, last_status_code FROM webhook.deliveries WHERE id = %s", (did,)).fetchone()
+    assert row == (3, 200)
+
+
+def test_redeliver_after_failure(db, receiver, name):
+    bad = f"/status/404/{name}"
+    watched(db, receiver, name, path=bad)
+    db.execute(f"INSERT INTO {name} VALUES (1, 'a'), (2, 'b')")
+    ids = delivery_ids(db, name)
+    for did in ids:
+        wait_status(db, did, "failed", timeout=20)
+    db.execute("SELECT webhook.alter_endpoint(%s, url => %s)", (name, receiver.url(f"/ok/{name}")))
+    db.execute("SELECT webhook.redeliver(%s)", (ids[0],))
+    wait_status(db, ids[0], "delivered")
+    first = receiver.wait_for(1, f"/ok/{name}")[0]
+    assert first.headers["webhook-id"] == str(ids[0])
+    assert receiver.received(bad)[0].headers["webhook-id"] in {str(i) for i in ids}
+    assert one(db, "SELECT webhook.redeliver_failed(%s)", name) == 1
+    wait_status(db, ids[1], "delivered")
+    assert one(db, "SELECT max(attempt) FROM webhook.attempts WHERE delivery_id = %s", ids[0]) == 7
+
+
+def test_rollbacks_send_nothing(cluster, db, receiver, name):
+    watched(db, receiver, name)
+    with cluster.connect(autocommit=False) as tx:
+        tx.execute(f"INSERT INTO {name} VALUES (1, 'rolled back')")
+        tx.rollback()
+        tx.execute(f"INSERT INTO {name} VALUES (2, 'kept')")
+        tx.execute("SAVEPOINT s")
+        tx.execute(f"INSERT INTO {name} VALUES (3, 'savepoint rolled back')")
+        tx.execute("ROLLBACK TO SAVEPOINT s")
+        tx.execute(f"INSERT INTO {name} VALUES (4, 'kept too')")
+        tx.commit()
+    db.execute(f"INSERT INTO {name} VALUES (5, 'marker')")
+    receiver.wait_for(3, f"/ok/{name}")
+    time.sleep(1.0)
+    got = sorted(r.json()["data"]["id"] for r in receiver.received(f"/ok/{name}"))
+    assert got == [2, 4, 5]
+    assert one(db, "SELECT count(*) FROM webhook.deliveries WHERE endpoint = %s", name) == 3
+
+
+def test_fan_out(db, receiver, name):
+    make_table(db, f"{name}_a")
+    make_table(db, f"{name}_b")
+    s1 = endpoint(db, f"{name}_1", receiver.url(f"/ok/{name}/1"))
+    s2 = endpoint(db, f"{name}_2", receiver.url(f"/ok/{name}/2"))
+    db.execute("SELECT webhook.watch(%s, %s)", (f"{name}_a", f"{name}_1"))
+    db.execute("SELECT webhook.watch(%s, %s)", (f"{name}_a", f"{name}_2"))
+    db.execute("SELECT webhook.watch(%s, %s)", (f"{name}_b", f"{name}_1"))
+    db.execute(f"INSERT INTO {name}_a VALUES (1, 'x')")
+    db.execute(f"INSERT INTO {name}_b VALUES (2, 'y')")
+    one_ = receiver.wait_for(2, f"/ok/{name}/1")
+    two = receiver.wait_for(1, f"/ok/{name}/2")
+    assert sorted(r.json()["meta"]["table"] for r in one_) == [f"public.{name}_a", f"public.{name}_b"]
+    assert two[0].json()["meta"]["table"] == f"public.{name}_a"
+    assert all(verify(r, s1) == (True, True) for r in one_)
+    assert verify(two[0], s2) == (True, True)
+    assert verify(two[0], s1) == (False, False)
+
+
+def test_non_2xx_timeout_and_redirect_recorded(db, receiver, name):
+    cases = {"nf": f"/status/404/{name}", "slow": f"/sleep/5/{name}", "moved": f"/status/302/{name}"}
+    for suffix, path in cases.items():
+        watched(db, receiver, f"{name}_{suffix}", path=path)
+    for suffix in cases:
+        db.execute(f"INSERT INTO {name}_{suffix} VALUES (1, 'x')")
+    ids = {s: delivery_ids(db, f"{name}_{s}")[0] for s in cases}
+
+    def first_attempt(s):
+        return db.execute(
+            "SELECT status_code, error, duration_ms FROM webhook.attempts WHERE delivery_id = %s AND attempt = 1",
+            (ids[s],),
+        ).fetchone()
+
+    nf = wait_until(lambda: first_attempt("nf"), what="404 attempt")
+    assert nf[0] == 404
+    moved = wait_until(lambda: first_attempt("moved"), what="302 attempt")
+    assert moved[0] == 302
+    slow = wait_until(lambda: first_attempt("slow"), timeout=10, what="timed-out attempt")
+    assert slow[0] is None and "timeout" in slow[1]
+    assert 1900 <= slow[2] < 4000
+    assert one(db, "SELECT status FROM webhook.deliveries WHERE id = %s", ids["moved"]) != "delivered"
+    assert not [r for r in receiver.received("/ok") if r.headers.get("webhook-id") == str(ids["moved"])]
+
+
+def test_disabled_endpoint_keeps_capturing(db, receiver, name):
+    watched(db, receiver, name)
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (name,))
+    db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
+    (did,) = delivery_ids(db, name)
+    time.sleep(1.0)
+    assert receiver.received(f"/ok/{name}") == []
+    assert one(db, "SELECT status FROM webhook.deliveries WHERE id = %s", did) == "pending"
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => true)", (name,))
+    wait_status(db, did, "delivered")
+
+
+def test_ordinary_role_captures_but_cannot_see_the_queue(cluster, db, receiver, name):
+    watched(db, receiver, name)
+    db.execute(f"CREATE ROLE {name}_app LOGIN")
+    db.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {name} TO {name}_app")
+    with cluster.connect(user=f"{name}_app") as app:
+        app.execute(f"INSERT INTO {name} VALUES (1, 'from app')")
+        for sql in ("SELECT * FROM webhook.deliveries", "SELECT * FROM webhook.endpoint",
+                    "SELECT webhook.create_endpoint('x', 'http://127.0.0.1/')",
+                    "INSERT INTO webhook.delivery (endpoint_id, operation, payload) VALUES (1, 'x', '{}')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(sql)
+    body = receiver.wait_for(1, f"/ok/{name}")[0].json()
+    assert body["data"] == {"id": 1, "v": "from app"}
+
+
+def test_test_endpoint(db, receiver, name):
+    secret = endpoint(db, name, receiver.url(f"/ok/{name}"))
+    status, latency, error = db.execute("SELECT * FROM webhook.test_endpoint(%s)", (name,)).fetchone()
+    assert (status, error) == (200, None) and latency > 0
+    assert verify(receiver.wait_for(1, f"/ok/{name}")[0], secret) == (True, True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    db.execute("SELECT webhook.alter_endpoint(%s, url => %s)", (name, f"http://127.0.0.1:{closed}/"))
+    status, _, error = db.execute("SELECT * FROM webhook.test_endpoint(%s)", (name,)).fetchone()
+    assert status is None and "refused" in error.lower()
+
+
+def test_commit_wakes_the_worker_promptly(db, receiver, name):
+    watched(db, receiver, name)
+    time.sleep(1.5)  # let the worker go idle
+    start = time.monotonic()
+    db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
+    req = receiver.wait_for(1, f"/ok/{name}", timeout=5)[0]
+    assert req.received - start < 0.5
+
+
+def test_secret_rotation_signs_with_both(db, receiver, name):
+    old = watched(db, receiver, name)
+    new = one(db, "SELECT webhook.rotate_secret(%s)", name)
+    assert new != old and new.startswith("whsec_")
+    db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
+    req = receiver.wait_for(1, f"/ok/{name}")[0]
+    assert verify(req, new) == (True, True)
+    Webhook(old).verify(req.body, req.headers)  # the overlap keeps the old secret valid
+    assert len(req.headers["webhook-signature"].split(" ")) == 2
