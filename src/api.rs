@@ -347,6 +347,7 @@ fn test_endpoint(
     };
     let dest = run().or_raise();
     let timeout = guc::timeout();
+    let policy = guc::network_policy();
     let now = time::OffsetDateTime::now_utc();
     let msg_id = format!("test_{}", now.unix_timestamp_nanos());
     let body = serde_json::json!({
@@ -362,7 +363,7 @@ fn test_endpoint(
     // The request runs on its own thread so that this backend stays cancellable.
     let (tx, rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
-        let agent = sender::agent();
+        let agent = sender::agent(std::sync::Arc::new(std::sync::RwLock::new(policy)));
         let _ = tx.send(sender::send(
             &agent,
             &dest,

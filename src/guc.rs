@@ -1,5 +1,6 @@
 //! Every setting in one place, with its default and doc line.
 
+use crate::network::NetworkPolicy;
 use crate::schedule;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::{CStr, CString};
@@ -80,14 +81,20 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"webhook.allowed_networks",
-        c"CIDR ranges that endpoints may reach although they are private or loopback.",
-        c"Comma-separated, e.g. 127.0.0.0/8,::1/128.",
-        &ALLOWED_NETWORKS,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
+    // SAFETY: the check hook is a #[pg_guard] function.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"webhook.allowed_networks",
+            c"CIDR ranges that endpoints may reach although they are private, loopback or reserved.",
+            c"Comma-separated, e.g. 127.0.0.0/8,::1/128. Other non-public destinations are refused.",
+            &ALLOWED_NETWORKS,
+            GucContext::Sighup,
+            GucFlags::default(),
+            Some(check_allowed_networks),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_int_guc(
         c"webhook.rotation_overlap",
         c"How long the previous secret keeps signing after rotate_secret.",
@@ -106,14 +113,31 @@ unsafe extern "C-unwind" fn check_retry_delays(
     _extra: *mut *mut std::ffi::c_void,
     _source: pgrx::pg_sys::GucSource::Type,
 ) -> bool {
+    unsafe { check_string(newval, |raw| schedule::parse_delays(raw).map(|_| ())) }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_allowed_networks(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pgrx::pg_sys::GucSource::Type,
+) -> bool {
+    unsafe { check_string(newval, |raw| NetworkPolicy::parse(raw).map(|_| ())) }
+}
+
+/// A string GUC check hook body: reject the value with `parse`'s message as the detail.
+unsafe fn check_string(
+    newval: *mut *mut std::ffi::c_char,
+    parse: impl Fn(&str) -> Result<(), String>,
+) -> bool {
     let raw = unsafe {
         if newval.is_null() || (*newval).is_null() {
             return true;
         }
         CStr::from_ptr(*newval).to_string_lossy().into_owned()
     };
-    match schedule::parse_delays(&raw) {
-        Ok(_) => true,
+    match parse(&raw) {
+        Ok(()) => true,
         Err(msg) => {
             let detail = CString::new(msg).unwrap_or_default();
             unsafe {
@@ -161,4 +185,9 @@ pub fn batch_size() -> i64 {
 
 pub fn rotation_overlap_secs() -> i32 {
     ROTATION_OVERLAP_S.get()
+}
+
+pub fn network_policy() -> NetworkPolicy {
+    // The check hook rejects bad values, so this parses.
+    NetworkPolicy::parse(&string(&ALLOWED_NETWORKS)).unwrap_or_default()
 }

@@ -7,6 +7,7 @@ mod capture;
 mod endpoint;
 mod error;
 mod guc;
+mod network;
 mod payload;
 mod schedule;
 mod shmem;

@@ -59,13 +59,16 @@ fn shutdown_requested() -> bool {
     unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
 }
 
-fn reload_config_if_asked() {
+/// Reread postgresql.conf after a SIGHUP; true when it did.
+fn reload_config_if_asked() -> bool {
     unsafe {
-        if std::ptr::read_volatile(&raw const pg_sys::ConfigReloadPending) != 0 {
-            std::ptr::write_volatile(&raw mut pg_sys::ConfigReloadPending, 0);
-            pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+        if std::ptr::read_volatile(&raw const pg_sys::ConfigReloadPending) == 0 {
+            return false;
         }
+        std::ptr::write_volatile(&raw mut pg_sys::ConfigReloadPending, 0);
+        pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
     }
+    true
 }
 
 fn wait(timeout: Duration) {
@@ -100,11 +103,14 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
     shmem::publish_latch(slot);
     log!("webhook delivery worker {slot} started in database \"{database}\"");
 
-    let mut pool = Pool::new();
+    let policy = sender::SharedPolicy::new(guc::network_policy().into());
+    let mut pool = Pool::new(policy.clone());
     let mut in_flight = 0usize;
     let mut ready = false;
     while !shutdown_requested() {
-        reload_config_if_asked();
+        if reload_config_if_asked() {
+            *policy.write().unwrap_or_else(|p| p.into_inner()) = guc::network_policy();
+        }
         let settings = Settings::read();
         pool.ensure_threads(settings.concurrency);
 

@@ -1,11 +1,12 @@
 //! The HTTP sender pool: plain Rust threads that sign and send, and hand outcomes back to the
 //! worker's main thread through a channel. Nothing here touches PostgreSQL.
 
+use crate::network::NetworkPolicy;
 use crate::schedule;
 use crate::sign;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -44,16 +45,61 @@ pub struct Outcome {
     pub result: Attempt,
 }
 
-pub fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
+/// The destination policy, shared with the resolver and replaced when settings are reloaded.
+pub type SharedPolicy = Arc<RwLock<NetworkPolicy>>;
+
+/// Resolves names, then keeps only the addresses the policy allows: the check is on the very
+/// addresses the connector then uses, so DNS rebinding cannot slip a private address through.
+#[derive(Debug)]
+struct GuardedResolver {
+    inner: ureq::unversioned::resolver::DefaultResolver,
+    policy: SharedPolicy,
+}
+
+impl ureq::unversioned::resolver::Resolver for GuardedResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let resolved = self.inner.resolve(uri, config, timeout)?;
+        let policy = self.policy.read().unwrap_or_else(|p| p.into_inner());
+        let mut allowed = self.empty();
+        let mut refusal = None;
+        for addr in &resolved {
+            match policy.check(addr.ip()) {
+                Ok(()) => allowed.push(*addr),
+                Err(why) => refusal = Some(why),
+            }
+        }
+        match (allowed.is_empty(), refusal) {
+            (true, Some(why)) => Err(ureq::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                why,
+            ))),
+            _ => Ok(allowed),
+        }
+    }
+}
+
+pub fn agent(policy: SharedPolicy) -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .proxy(None)
         .user_agent(USER_AGENT)
         .max_idle_connections(256)
         .max_idle_connections_per_host(64)
-        .build()
-        .into()
+        .build();
+    ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        GuardedResolver {
+            inner: Default::default(),
+            policy,
+        },
+    )
 }
 
 /// The headers of one attempt, signed now (SPEC §3).
@@ -176,7 +222,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new() -> Pool {
+    pub fn new(policy: SharedPolicy) -> Pool {
         let (jobs, job_rx) = unbounded();
         let (results_tx, results) = unbounded();
         Pool {
@@ -185,7 +231,7 @@ impl Pool {
             results_tx,
             results,
             threads: Vec::new(),
-            agent: agent(),
+            agent: agent(policy),
         }
     }
 

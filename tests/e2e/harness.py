@@ -17,6 +17,7 @@ import threading
 import time
 
 import psycopg
+import psycopg.sql
 from standardwebhooks.webhooks import Webhook
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -82,7 +83,7 @@ class Cluster:
     def set(self, name, value):
         """Change a reloadable setting for the whole cluster (the worker rereads it on SIGHUP)."""
         with self.connect() as c:
-            c.execute(f"ALTER SYSTEM SET {name} = %s", (value,))
+            c.execute(psycopg.sql.SQL("ALTER SYSTEM SET {} = {}").format(psycopg.sql.SQL(name), psycopg.sql.Literal(value)))
             c.execute("SELECT pg_reload_conf()")
         time.sleep(0.3)
 
@@ -110,7 +111,8 @@ class Request:
 class Receiver:
     """HTTP/1.1 keep-alive receiver; the path picks the behaviour:
     /ok -> 200, /status/<code> -> that code, /sleep/<s> -> sleep then 200,
-    /flaky/<n>/<tag> -> 500 for the first n requests on that path, then 200."""
+    /flaky/<n>/<tag> -> 500 for the first n requests on that path, then 200,
+    /big/<bytes> -> 200 with a body of that many bytes."""
 
     def __init__(self):
         self.requests = []
@@ -142,6 +144,8 @@ class Receiver:
                 elif parts[0] == "flaky" and seen <= int(parts[1]):
                     code = 500
                 payload = b"received"
+                if parts[0] == "big":
+                    payload = b"x" * int(parts[1])
                 self.send_response(code)
                 for k, v in extra.items():
                     self.send_header(k, v)

@@ -1,0 +1,122 @@
+"""The delivery worker's lifecycle and limits: leases, connection failures, response size,
+configuration reload, clean stop."""
+import socket
+import time
+
+import pytest
+
+from conftest import endpoint, make_table, one, wait_status, wait_until
+from harness import Cluster, Receiver
+
+
+def test_expired_lease_is_reclaimed(db, receiver, name):
+    """A delivery left 'delivering' by a dead worker is sent again once its lease expires."""
+    make_table(db, name)
+    endpoint(db, name, receiver.url(f"/ok/{name}"))
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (name,))
+    db.execute("SELECT webhook.watch(%s, %s)", (name, name))
+    db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
+    did = one(db, "SELECT id FROM webhook.deliveries WHERE endpoint = %s", name)
+    # What a worker that died mid-attempt leaves behind: claimed, attempt 1 counted, lease running.
+    db.execute("UPDATE webhook.delivery SET status = 'delivering', attempts = 1,"
+               " next_attempt_at = now() + interval '1 second' WHERE id = %s", (did,))
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => true)", (name,))
+    time.sleep(0.5)
+    assert receiver.received(f"/ok/{name}") == []  # the lease still holds
+    wait_status(db, did, "delivered", timeout=10)
+    assert receiver.received(f"/ok/{name}")[0].headers["webhook-id"] == str(did)
+    rows = db.execute("SELECT attempt, status_code, error FROM webhook.attempts WHERE delivery_id = %s"
+                      " ORDER BY attempt", (did,)).fetchall()
+    assert rows[0][0] == 1 and rows[0][1] is None and "lease expired" in rows[0][2]
+    assert rows[1][:2] == (2, 200)
+
+
+def test_connection_refused_is_a_failed_attempt(db, name):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    make_table(db, name)
+    endpoint(db, name, f"http://127.0.0.1:{closed}/")
+    db.execute("SELECT webhook.watch(%s, %s)", (name, name))
+    db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
+    did = one(db, "SELECT id FROM webhook.deliveries WHERE endpoint = %s", name)
+    row = wait_until(lambda: db.execute("SELECT status_code, error FROM webhook.attempts"
+                                        " WHERE delivery_id = %s AND attempt = 1", (did,)).fetchone(),
+                     what="refused attempt")
+    assert row[0] is None and "refused" in row[1].lower()
+
+
+def test_at_most_64_kib_of_a_response_is_kept(db, receiver, name):
+    make_table(db, name)
+    endpoint(db, name, receiver.url("/big/1000000"))
+    db.execute("SELECT webhook.watch(%s, %s)", (name, name))
+    db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
+    did = one(db, "SELECT id FROM webhook.deliveries WHERE endpoint = %s", name)
+    wait_status(db, did, "delivered")
+    assert one(db, "SELECT length(response_body) FROM webhook.attempts WHERE delivery_id = %s", did) == 65536
+
+
+@pytest.fixture
+def own_cluster():
+    c = Cluster({"webhook.timeout": "'5s'"}).start()
+    r = Receiver()
+    try:
+        with c.connect() as db:
+            db.execute("CREATE EXTENSION webhook")
+        yield c, r
+    finally:
+        r.close()
+        c.cleanup()
+
+
+def worker_pid(db):
+    return one(db, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'webhook delivery worker'")
+
+
+def test_reload_applies_settings_and_sigterm_stops_cleanly(own_cluster):
+    cluster, receiver = own_cluster
+    with cluster.connect() as db:
+        assert worker_pid(db) is not None
+        cluster.set("webhook.timeout", "500ms")
+        make_table(db, "slow")
+        endpoint(db, "slow", receiver.url("/sleep/2/slow"))
+        db.execute("SELECT webhook.watch('slow', 'slow')")
+        db.execute("INSERT INTO slow VALUES (1, 'x')")
+        row = wait_until(lambda: db.execute("SELECT error, duration_ms FROM webhook.attempts"
+                                            " WHERE attempt = 1").fetchone(), what="timed-out attempt")
+        assert "500 ms" in row[0] and row[1] < 1500
+        pid = worker_pid(db)
+        db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        wait_until(lambda: worker_pid(db) is None, what="worker exit")
+        wait_until(lambda: "webhook delivery worker 0 stopped" in cluster.log_tail(200), what="clean stop log")
+        assert "exited with exit code 1" not in cluster.log_tail(200)
+
+
+def test_private_destinations_are_refused_unless_allowed(receiver):
+    """Without webhook.allowed_networks, loopback is refused on the address actually resolved."""
+    cluster = Cluster({"webhook.allowed_networks": "''"}).start()
+    try:
+        with cluster.connect() as db:
+            db.execute("CREATE EXTENSION webhook")
+            make_table(db, "guarded")
+            endpoint(db, "by_ip", receiver.url("/ok/guarded-ip"))
+            endpoint(db, "by_name", f"http://localhost:{receiver.port}/ok/guarded-name")
+            db.execute("SELECT webhook.watch('guarded', 'by_ip')")
+            db.execute("SELECT webhook.watch('guarded', 'by_name')")
+            db.execute("INSERT INTO guarded VALUES (1, 'x')")
+            errors = wait_until(lambda: [e for (e,) in db.execute(
+                "SELECT error FROM webhook.attempts WHERE attempt = 1 ORDER BY delivery_id").fetchall()] or None
+                if one(db, "SELECT count(*) FROM webhook.attempts WHERE attempt = 1") == 2 else None,
+                what="two refused attempts")
+            assert all("refused" in e and "loopback" in e and "webhook.allowed_networks" in e for e in errors), errors
+            status, _, error = db.execute("SELECT * FROM webhook.test_endpoint('by_ip')").fetchone()
+            assert status is None and "127.0.0.1" in error
+            assert receiver.received("/ok/guarded-ip") == [] and receiver.received("/ok/guarded-name") == []
+            with pytest.raises(Exception) as err:
+                db.execute("ALTER SYSTEM SET webhook.allowed_networks = '10.0.0.0/33'")
+            assert "10.0.0.0/33" in str(err.value)
+            cluster.set("webhook.allowed_networks", "127.0.0.0/8,::1/128")
+            db.execute("SELECT webhook.redeliver_failed('by_ip')")  # may still be retrying: wait below
+            receiver.wait_for(1, "/ok/guarded-ip", timeout=20)
+    finally:
+        cluster.cleanup()
