@@ -35,3 +35,18 @@ GROUP BY e.id;
 REVOKE ALL ON ALL TABLES IN SCHEMA webhook FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA webhook FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA webhook FROM PUBLIC;
+
+-- Delegation: members of webhook_admin may manage endpoints and subscriptions and read the
+-- views (payloads included), but never the tables themselves: secrets stay unreadable.
+-- Roles are cluster-wide, so the role outlives DROP EXTENSION and is shared by databases.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'webhook_admin') THEN
+        CREATE ROLE webhook_admin NOLOGIN;
+    END IF;
+END
+$$;
+GRANT USAGE ON SCHEMA webhook TO webhook_admin;
+GRANT SELECT ON webhook.endpoints, webhook.subscriptions, webhook.deliveries, webhook.attempts,
+                webhook.endpoint_stats TO webhook_admin;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA webhook TO webhook_admin;

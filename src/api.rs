@@ -60,6 +60,21 @@ fn watched_tables(client: &SpiClient, endpoint_id: i64) -> Vec<pg_sys::Oid> {
         .collect()
 }
 
+/// The functions run as the extension owner; a caller may still only watch tables it could read
+/// and attach triggers to itself.
+fn require_table_rights(relid: pg_sys::Oid, table: &str) -> Result<()> {
+    let caller = unsafe { pg_sys::GetOuterUserId() };
+    for mode in [pg_sys::ACL_SELECT, pg_sys::ACL_TRIGGER] {
+        let verdict = unsafe { pg_sys::pg_class_aclcheck(relid, caller, mode as pg_sys::AclMode) };
+        if verdict != pg_sys::AclResult::ACLCHECK_OK {
+            return Err(WebhookError::PermissionDenied(format!(
+                "permission denied for table {table}: watch and unwatch need the SELECT and TRIGGER privileges on it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Capture plans are cached per backend; make every backend rebuild this table's.
 fn invalidate_capture_plans(relid: pg_sys::Oid) {
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
@@ -428,6 +443,7 @@ fn watch(
             name: name.map(str::to_string),
         };
         let table = table::load(relid)?;
+        require_table_rights(relid, &table.qualified_name)?;
         let shape = options.resolve(&table)?;
         Spi::connect_mut(|client| {
             let endpoint_id = endpoint_id(client, endpoint)?;
@@ -473,6 +489,7 @@ fn unwatch(tbl: Option<PgRelation>, endpoint: Option<&str>) {
     let run = || -> Result<()> {
         let relid = required(tbl, "tbl")?.oid();
         let endpoint = required(endpoint, "endpoint")?;
+        require_table_rights(relid, &table::load(relid)?.qualified_name)?;
         Spi::connect_mut(|client| {
             let endpoint_id = endpoint_id(client, endpoint)?;
             let removed = client

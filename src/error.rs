@@ -37,6 +37,8 @@ pub enum WebhookError {
     WrongState(String),
     #[error("{0}")]
     NotSupported(String),
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl WebhookError {
@@ -58,6 +60,7 @@ impl WebhookError {
             WebhookError::NoKey(_) => ERRCODE_INVALID_COLUMN_REFERENCE,
             WebhookError::WrongState(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             WebhookError::NotSupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+            WebhookError::PermissionDenied(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
         }
     }
 

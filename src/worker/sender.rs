@@ -166,6 +166,10 @@ pub fn send(
             duration,
             status: Some(status),
             error: match (read_error, (200..300).contains(&status)) {
+                (Some(e), _) if e.to_string().contains("timeout") => Some(format!(
+                    "timeout: the response body was not complete within {} ms",
+                    timeout.as_millis()
+                )),
                 (Some(e), _) => Some(format!("reading the response failed: {e}")),
                 (None, true) => None,
                 (None, false) => Some(format!("HTTP {status}")),

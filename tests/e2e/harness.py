@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -134,6 +135,8 @@ class Receiver:
                     receiver.counts[self.path] = receiver.counts.get(self.path, 0) + 1
                     seen = receiver.counts[self.path]
                 parts = self.path.strip("/").split("/")
+                if receiver.hostile(self, parts):
+                    return
                 code, extra = 200, {}
                 if parts[0] == "status":
                     code = int(parts[1])
@@ -143,6 +146,8 @@ class Receiver:
                     time.sleep(float(parts[1]))
                 elif parts[0] == "flaky" and seen <= int(parts[1]):
                     code = 500
+                elif parts[0] == "retry-after":
+                    code, extra = 429, {"Retry-After": parts[1]}
                 payload = b"received"
                 if parts[0] == "big":
                     payload = b"x" * int(parts[1])
@@ -162,6 +167,42 @@ class Receiver:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def hostile(handler, parts):
+        """Misbehaviours that need the raw connection; True when the response was handled."""
+        kind = parts[0]
+        conn = handler.connection
+        if kind == "drip":  # headers promise 100 bytes, then one byte a second (at most 8)
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            handler.wfile.flush()
+            for _ in range(8):
+                try:
+                    time.sleep(1)
+                    handler.wfile.write(b"x")
+                    handler.wfile.flush()
+                except OSError:
+                    break
+        elif kind == "reset":  # half a response, then a TCP reset
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+            handler.wfile.flush()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+        elif kind == "garbage":  # not HTTP at all
+            handler.wfile.write(b"\x00\x01 this is not HTTP\r\n\r\n")
+            handler.wfile.flush()
+        elif kind == "huge":  # a 100 MB body, written until the client hangs up
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\n\r\n")
+            chunk = b"y" * 65536
+            try:
+                for _ in range(104857600 // 65536):
+                    handler.wfile.write(chunk)
+            except OSError:
+                pass
+        else:
+            return False
+        handler.close_connection = True
+        return True
 
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
