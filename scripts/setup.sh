@@ -5,7 +5,7 @@ set -euo pipefail
 
 PGRX_VERSION=0.18.1
 PG_CONFIG=/usr/bin/pg_config
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo openssl)
 PY_PACKAGES=(pytest "psycopg[binary]" standardwebhooks)
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }

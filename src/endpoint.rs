@@ -38,6 +38,8 @@ const RESERVED_HEADERS: [&str; 10] = [
 ];
 
 const MAX_URL_LEN: usize = 2048;
+const MAX_HEADERS: usize = 32;
+const MAX_HEADER_VALUE_LEN: usize = 4096;
 
 pub fn validate_url(raw: &str) -> Result<String> {
     let bad = |why: &str| WebhookError::invalid(format!("invalid URL \"{raw}\": {why}"));
@@ -91,6 +93,12 @@ pub fn validate_headers(headers: &Value) -> Result<Vec<(String, String)>> {
             "headers must be a JSON object of strings, like {{\"Authorization\": \"Bearer x\"}}; got {headers}"
         )));
     };
+    if map.len() > MAX_HEADERS {
+        return Err(WebhookError::invalid(format!(
+            "{} headers given; at most {MAX_HEADERS} are accepted",
+            map.len()
+        )));
+    }
     let mut out = Vec::with_capacity(map.len());
     for (name, value) in map {
         let Value::String(value) = value else {
@@ -106,6 +114,12 @@ pub fn validate_headers(headers: &Value) -> Result<Vec<(String, String)>> {
         if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
             return Err(WebhookError::invalid(format!(
                 "header \"{name}\" is set by webhook itself and cannot be overridden"
+            )));
+        }
+        if value.len() > MAX_HEADER_VALUE_LEN {
+            return Err(WebhookError::invalid(format!(
+                "header \"{name}\" has a value of {} bytes; at most {MAX_HEADER_VALUE_LEN} are accepted",
+                value.len()
             )));
         }
         if value.chars().any(|c| c.is_control() && c != '\t')

@@ -39,6 +39,32 @@ CASES = [
     ("SELECT webhook.unwatch('bad_other', 'bad_ep')", (), "UndefinedObject", "bad_other"),
     ("SELECT webhook.redeliver(999999999)", (), "UndefinedObject", "999999999"),
     ("SELECT webhook.watch('bad_in', 'bad_ep', predicate => 'id > 1')", (), "FeatureNotSupported", "predicate"),
+    # wrong types, invalid JSON, huge values, NULLs and empty values
+    ("SELECT webhook.redeliver('abc')", (), "InvalidTextRepresentation", '"abc"'),
+    ("SELECT webhook.create_endpoint('x10', 'http://a/', headers => '{not json')", (),
+     "InvalidTextRepresentation", "json"),
+    ("SELECT webhook.create_endpoint('x11', %s)", ("http://a/" + "p" * 5000,), "InvalidParameterValue", "2048"),
+    ("SELECT webhook.create_endpoint(%s, 'http://a/')", ("n" * 100,), "InvalidParameterValue", "at most 63"),
+    ("SELECT webhook.create_endpoint('x12', 'http://a/', headers => %s)", ('{"X-Big": "' + "v" * 5000 + '"}',),
+     "InvalidParameterValue", '"X-Big"'),
+    ("SELECT webhook.create_endpoint('x13', NULL)", (), "NullValueNotAllowed", '"url"'),
+    ("SELECT webhook.create_endpoint('x14', 'http://a/', headers => NULL)", (), "NullValueNotAllowed", '"headers"'),
+    ("SELECT webhook.create_endpoint('x15', 'http://a/', headers => '{\"X-A\": 1}')", (),
+     "InvalidParameterValue", '"X-A"'),
+    ("SELECT webhook.create_endpoint('x16', 'http://a/', headers => '{\"Content-Type\": \"text/plain\"}')", (),
+     "InvalidParameterValue", '"Content-Type"'),
+    ("SELECT webhook.create_endpoint('x17', 'http://a/', method => '')", (), "InvalidParameterValue", '""'),
+    ("SELECT webhook.watch(NULL, 'bad_ep')", (), "NullValueNotAllowed", '"tbl"'),
+    ("SELECT webhook.watch('bad_in', 'bad_ep', events => '{}')", (), "InvalidParameterValue", "at least one"),
+    ("SELECT webhook.watch('bad_in', 'bad_ep', events => '{insert,NULL}')", (), "InvalidParameterValue", "NULL"),
+    ("SELECT webhook.watch('bad_in', 'bad_ep', columns => '{}')", (), "InvalidParameterValue", "at least one"),
+    ("SELECT webhook.watch('bad_in', 'bad_ep', rename => '{\"v\": 5}')", (), "InvalidParameterValue", '"v"'),
+    ("SELECT webhook.watch('bad_in', 'bad_ep', name => '')", (), "InvalidParameterValue", "empty"),
+    ("SELECT webhook.alter_endpoint('bad_ep', url => 'gopher://x/')", (), "InvalidParameterValue", '"gopher://x/"'),
+    ("SELECT webhook.alter_endpoint('bad_ep', headers => '{\"A\": \"x\\ny\"}')", (),
+     "InvalidParameterValue", '"A"'),
+    ("SELECT webhook.alter_endpoint('bad_ep', format => 'csv')", (), "InvalidParameterValue", '"csv"'),
+    ("SELECT webhook.redeliver(NULL)", (), "NullValueNotAllowed", '"delivery_id"'),
 ]
 
 
@@ -79,7 +105,7 @@ def test_bad_call(cluster, queued, sql, args, sqlstate, needle):
 
 
 def test_enough_cases():
-    assert len(CASES) >= 15
+    assert len(CASES) >= 30
 
 
 def test_hand_made_trigger_naming_unknown_endpoint(cluster, queued):

@@ -120,3 +120,43 @@ def test_private_destinations_are_refused_unless_allowed(receiver):
             receiver.wait_for(1, "/ok/guarded-ip", timeout=20)
     finally:
         cluster.cleanup()
+
+
+def test_https_verifies_certificates(db, name, tmp_path):
+    """A self-signed certificate on 127.0.0.1 is refused; no setting turns verification off."""
+    import http.server
+    import ssl
+    import subprocess
+    import threading
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint(db, name, f"https://127.0.0.1:{server.server_address[1]}/hook")
+        status, _, error = db.execute("SELECT * FROM webhook.test_endpoint(%s)", (name,)).fetchone()
+        assert status is None and "certificate" in error.lower(), error
+        assert hits == []
+        knobs = db.execute("SELECT name FROM pg_settings WHERE name LIKE 'webhook.%' AND"
+                            " (name ~ '(tls|ssl|verify|insecure|cert)')").fetchall()
+        assert knobs == []
+    finally:
+        server.shutdown()
