@@ -68,6 +68,9 @@ ALTER SEQUENCE webhook.delivery_id_seq OWNED BY webhook.delivery.id;
 CREATE INDEX delivery_due ON webhook.delivery (endpoint_id, next_attempt_at)
     WHERE status IN ('pending', 'delivering');
 
+-- Retention finds old delivered rows without scanning the queue.
+CREATE INDEX delivery_delivered ON webhook.delivery (delivered_at) WHERE status = 'delivered';
+
 -- Every attempt, with what came back (at most 64 KiB of the body).
 CREATE TABLE webhook.attempt (
     delivery_id   bigint NOT NULL,

@@ -585,6 +585,50 @@ fn redeliver_failed(endpoint: Option<&str>) -> i64 {
     run().or_raise()
 }
 
+/// Delete failed (default) or delivered deliveries older than `older_than`, optionally only one
+/// endpoint's; returns how many. Pending and in-flight deliveries are never purged.
+#[pg_extern(security_definer, volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn purge(
+    status: default!(Option<&str>, "'failed'"),
+    older_than: default!(Option<pgrx::datum::Interval>, "'0 seconds'"),
+    endpoint: default!(Option<&str>, "NULL"),
+) -> i64 {
+    let run = || -> Result<i64> {
+        let status = required(status, "status")?;
+        if status != "failed" && status != "delivered" {
+            return Err(WebhookError::invalid(format!(
+                "cannot purge deliveries with status \"{status}\": accepted statuses are failed, delivered"
+            )));
+        }
+        let older_than = required(older_than, "older_than")?;
+        Spi::connect_mut(|client| {
+            let endpoint_id = endpoint.map(|e| endpoint_id(client, e)).transpose()?;
+            let count = client
+                .update(
+                    "WITH gone AS (
+                        DELETE FROM webhook.delivery
+                        WHERE status = $1 AND coalesce(delivered_at, created_at) < now() - $2
+                          AND ($3::bigint IS NULL OR endpoint_id = $3)
+                        RETURNING id
+                     ), attempts AS (
+                        DELETE FROM webhook.attempt a USING gone WHERE a.delivery_id = gone.id
+                     )
+                     SELECT count(*) FROM gone",
+                    None,
+                    &[status.into(), older_than.into(), endpoint_id.into()],
+                )
+                .expect("purging deliveries")
+                .first()
+                .get_one::<i64>()
+                .expect("purge count")
+                .unwrap_or(0);
+            Ok(count)
+        })
+    };
+    run().or_raise()
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {

@@ -13,9 +13,11 @@ pub static RETRY_DELAYS: GucSetting<Option<CString>> =
 pub static TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);
+pub static MAX_CONCURRENCY_PER_ENDPOINT: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 pub static ALLOWED_NETWORKS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
+pub static RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 86_400);
 pub static ROTATION_OVERLAP_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 
 pub fn register() {
@@ -72,6 +74,16 @@ pub fn register() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"webhook.max_concurrency_per_endpoint",
+        c"Requests a delivery worker keeps in flight to any one endpoint.",
+        c"Keeps a slow or timing-out endpoint from taking every sender.",
+        &MAX_CONCURRENCY_PER_ENDPOINT,
+        1,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
         c"webhook.batch_size",
         c"Deliveries a worker claims or records in one transaction.",
         c"",
@@ -95,6 +107,16 @@ pub fn register() {
             None,
         );
     }
+    GucRegistry::define_int_guc(
+        c"webhook.retention",
+        c"How long delivered deliveries (and their attempts) are kept; 0 keeps them forever.",
+        c"Failed deliveries stay until redelivered or removed with webhook.purge().",
+        &RETENTION_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_int_guc(
         c"webhook.rotation_overlap",
         c"How long the previous secret keeps signing after rotate_secret.",
@@ -179,8 +201,16 @@ pub fn max_concurrency() -> usize {
     MAX_CONCURRENCY.get() as usize
 }
 
+pub fn max_concurrency_per_endpoint() -> i32 {
+    MAX_CONCURRENCY_PER_ENDPOINT.get()
+}
+
 pub fn batch_size() -> i64 {
     BATCH_SIZE.get() as i64
+}
+
+pub fn retention_secs() -> i32 {
+    RETENTION_S.get()
 }
 
 pub fn rotation_overlap_secs() -> i32 {

@@ -8,6 +8,7 @@ use crate::{guc, shmem};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use sender::{Outcome, Pool};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Longest sleep when nothing is due; commits wake the worker sooner through its latch.
@@ -20,6 +21,11 @@ const RESULT_POLL: Duration = Duration::from_millis(5);
 const WAKE_DEBOUNCE: Duration = Duration::from_millis(2);
 /// A lease outlives the attempt's timeout by this much before another claim may take it.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
+/// How often the first worker removes delivered deliveries past `webhook.retention`.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// Rows deleted per retention transaction, and at most per pass (so the loop stays responsive).
+const RETENTION_BATCH: i64 = 10_000;
+const RETENTION_PASS_MAX: i64 = 200_000;
 /// How long a stopping worker waits for requests in flight before leaving them to lease expiry.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -41,6 +47,7 @@ struct Settings {
     delays: Vec<Duration>,
     timeout: Duration,
     concurrency: usize,
+    per_endpoint: i32,
     batch: i64,
 }
 
@@ -50,6 +57,7 @@ impl Settings {
             delays: guc::retry_delays(),
             timeout: guc::timeout(),
             concurrency: guc::max_concurrency(),
+            per_endpoint: guc::max_concurrency_per_endpoint(),
             batch: guc::batch_size(),
         }
     }
@@ -93,6 +101,25 @@ fn record(outcomes: &[Outcome], delays: &[Duration]) {
     }
 }
 
+fn apply_retention() {
+    let retention = guc::retention_secs();
+    if retention == 0 {
+        return;
+    }
+    let mut removed = 0;
+    while removed < RETENTION_PASS_MAX {
+        let n =
+            BackgroundWorker::transaction(|| queue::purge_delivered(retention, RETENTION_BATCH));
+        removed += n;
+        if n < RETENTION_BATCH || shutdown_requested() {
+            break;
+        }
+    }
+    if removed > 0 {
+        log!("webhook: removed {removed} delivered deliveries older than webhook.retention");
+    }
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
@@ -100,22 +127,36 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = guc::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // Claims are small index scans; JIT compilation would cost more than it saves.
+    BackgroundWorker::transaction(|| Spi::run("SET jit = off").expect("SET jit"));
     shmem::publish_latch(slot);
     log!("webhook delivery worker {slot} started in database \"{database}\"");
 
     let policy = sender::SharedPolicy::new(guc::network_policy().into());
     let mut pool = Pool::new(policy.clone());
     let mut in_flight = 0usize;
+    let mut in_flight_by_endpoint: HashMap<i64, usize> = HashMap::new();
     let mut ready = false;
+    let mut last_retention: Option<Instant> = None;
     while !shutdown_requested() {
         if reload_config_if_asked() {
             *policy.write().unwrap_or_else(|p| p.into_inner()) = guc::network_policy();
+            last_retention = None;
+        }
+        if slot == 0 && ready && last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+            apply_retention();
+            last_retention = Some(Instant::now());
         }
         let settings = Settings::read();
         pool.ensure_threads(settings.concurrency);
 
         let done = pool.finished();
         in_flight -= done.len();
+        for outcome in &done {
+            if let Some(n) = in_flight_by_endpoint.get_mut(&outcome.endpoint_id) {
+                *n = n.saturating_sub(1);
+            }
+        }
         record(&done, &settings.delays);
 
         let mut sleep = IDLE_POLL;
@@ -126,8 +167,12 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
         if ready && free > 0 {
             let limit = free.min(settings.batch);
             let lease = settings.timeout + LEASE_MARGIN;
+            let caps = queue::Caps {
+                per_endpoint: settings.per_endpoint,
+                in_flight: &in_flight_by_endpoint,
+            };
             let (jobs, next_due) = BackgroundWorker::transaction(|| {
-                let jobs = queue::claim(limit, lease, settings.timeout);
+                let jobs = queue::claim(limit, lease, settings.timeout, &caps);
                 let next_due = if (jobs.len() as i64) < limit {
                     queue::next_due()
                 } else {
@@ -135,12 +180,24 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
                 };
                 (jobs, next_due)
             });
+            let jobs_claimed = jobs.len();
             in_flight += jobs.len();
             for job in jobs {
+                *in_flight_by_endpoint
+                    .entry(job.destination.endpoint_id)
+                    .or_default() += 1;
                 pool.submit(job);
             }
+            let claimed = jobs_claimed;
             if let Some(secs) = next_due {
-                sleep = sleep.min(Duration::from_secs_f64(secs.max(0.0)));
+                let due_in = Duration::from_secs_f64(secs.max(0.0));
+                // Overdue work that could not be claimed is held back by the per-endpoint cap or
+                // by another worker's lock: only an outcome or a commit can change that, so wait.
+                sleep = sleep.min(if claimed == 0 {
+                    due_in.max(RESULT_POLL)
+                } else {
+                    due_in
+                });
             }
         }
         if in_flight > 0 {

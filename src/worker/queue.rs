@@ -11,7 +11,8 @@ use std::time::Duration;
 
 const CLAIM_SQL: &str = "
 WITH due AS (
-    -- Per enabled endpoint, through delivery_due: a disabled endpoint's backlog is never scanned.
+    -- Per enabled endpoint, through delivery_due: a disabled endpoint's backlog is never scanned,
+    -- and no endpoint gets more than $3 requests in flight ($4/$5: what each already has).
     SELECT d.id, d.status
     FROM webhook.endpoint e
     CROSS JOIN LATERAL (
@@ -19,7 +20,8 @@ WITH due AS (
         WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'delivering')
           AND d.next_attempt_at <= now()
         ORDER BY d.next_attempt_at
-        LIMIT $1
+        LIMIT greatest(0, least($1, $3 - coalesce(
+            (SELECT b.n FROM unnest($4::int8[], $5::int4[]) AS b(id, n) WHERE b.id = e.id), 0)))
         FOR UPDATE SKIP LOCKED
     ) d
     WHERE e.enabled
@@ -87,6 +89,18 @@ CROSS JOIN LATERAL (
 ) d
 WHERE e.enabled";
 
+const RETENTION_SQL: &str = "
+WITH gone AS (
+    DELETE FROM webhook.delivery WHERE id IN (
+        SELECT id FROM webhook.delivery
+        WHERE status = 'delivered' AND delivered_at < now() - $1 * interval '1 second'
+        LIMIT $2)
+    RETURNING id
+), attempts AS (
+    DELETE FROM webhook.attempt a USING gone WHERE a.delivery_id = gone.id
+)
+SELECT count(*) FROM gone";
+
 const READY_SQL: &str =
     "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'webhook')";
 
@@ -98,14 +112,32 @@ pub fn ready() -> bool {
         .unwrap_or(false)
 }
 
+/// How many requests each endpoint may have in flight, and how many it has.
+pub struct Caps<'a> {
+    pub per_endpoint: i32,
+    pub in_flight: &'a HashMap<i64, usize>,
+}
+
 /// Claim up to `limit` due deliveries; each becomes a job leased for `lease`.
-pub fn claim(limit: i64, lease: Duration, timeout: Duration) -> Vec<Job> {
+pub fn claim(limit: i64, lease: Duration, timeout: Duration, caps: &Caps) -> Vec<Job> {
+    let (busy_ids, busy_counts): (Vec<i64>, Vec<i32>) = caps
+        .in_flight
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(e, n)| (*e, *n as i32))
+        .unzip();
     Spi::connect_mut(|client| {
         let rows = client
             .update(
                 CLAIM_SQL,
                 None,
-                &[limit.into(), (lease.as_millis() as f64).into()],
+                &[
+                    limit.into(),
+                    (lease.as_millis() as f64).into(),
+                    caps.per_endpoint.into(),
+                    busy_ids.into(),
+                    busy_counts.into(),
+                ],
             )
             .expect("claiming deliveries");
         let claimed: Vec<(i64, i64, i32, i32, String)> = rows
@@ -252,4 +284,17 @@ pub fn record(outcomes: &[Outcome], delays: &[Duration]) {
             )
             .expect("recording endpoint health");
     });
+}
+
+/// Delete up to `limit` delivered deliveries older than `retention_secs`; returns how many.
+pub fn purge_delivered(retention_secs: i32, limit: i64) -> i64 {
+    Spi::connect_mut(|client| {
+        client
+            .update(RETENTION_SQL, None, &[retention_secs.into(), limit.into()])
+            .expect("retention purge")
+            .first()
+            .get_one::<i64>()
+            .expect("purge count")
+            .unwrap_or(0)
+    })
 }

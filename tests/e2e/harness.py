@@ -123,6 +123,9 @@ class Receiver:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle on, the second waits for the
+            # client's delayed ACK (40 ms per request).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):
                 pass

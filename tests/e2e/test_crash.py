@@ -107,15 +107,26 @@ def test_nothing_committed_is_lost_across_crashes():
             committed = {r[0] for r in db.execute("SELECT id FROM crash").fetchall()}
         assert len(committed) >= COMMITTED_TARGET - KILLS * 2 * ROWS_PER_TX  # only uncertain commits may be missing
 
+        ids, seen = {}, [0]
+
         def received_ids():
-            ids = {}
-            for r in receiver.received("/ok/crash"):
-                row_id = r.json()["data"]["id"]
-                ids.setdefault(row_id, set()).add(r.headers["webhook-id"])
+            """Row id -> webhook-ids received; parses only what arrived since the last call."""
+            requests = receiver.received("/ok/crash")
+            for r in requests[seen[0]:]:
+                ids.setdefault(r.json()["data"]["id"], set()).add(r.headers["webhook-id"])
+            seen[0] = len(requests)
             return ids
 
         # Leases of deliveries in flight at a crash expire after timeout + 10 s.
-        wait_for(lambda: committed <= set(received_ids()), 90, "every committed change to arrive")
+        try:
+            wait_for(lambda: committed <= set(received_ids()), 90, "every committed change to arrive")
+        except AssertionError:
+            with cluster.connect() as db:
+                print(db.execute("SELECT status, count(*), min(next_attempt_at), max(attempts) FROM webhook.delivery GROUP BY 1").fetchall())
+                print(db.execute("SELECT error, count(*) FROM webhook.attempt GROUP BY 1").fetchall())
+            print("missing", len(committed - set(received_ids())), "received", len(receiver.received("/ok/crash")))
+            open("/tmp/crash.log", "w").write(cluster.log_tail(100000))
+            raise
         requests = receiver.received("/ok/crash")
         by_id = received_ids()
         rolled_back = [i for i in by_id if i >= ROLLED_BACK_BASE]

@@ -65,6 +65,8 @@ CASES = [
      "InvalidParameterValue", '"A"'),
     ("SELECT webhook.alter_endpoint('bad_ep', format => 'csv')", (), "InvalidParameterValue", '"csv"'),
     ("SELECT webhook.redeliver(NULL)", (), "NullValueNotAllowed", '"delivery_id"'),
+    ("SELECT webhook.purge('pending')", (), "InvalidParameterValue", '"pending"'),
+    ("SELECT webhook.purge('failed', endpoint => 'nope')", (), "UndefinedObject", '"nope"'),
 ]
 
 

@@ -160,3 +160,44 @@ def test_https_verifies_certificates(db, name, tmp_path):
         assert knobs == []
     finally:
         server.shutdown()
+
+
+def test_purge_and_retention(cluster, db, receiver, name):
+    make_table(db, name)
+    endpoint(db, f"{name}_bad", receiver.url(f"/status/404/{name}"))
+    endpoint(db, f"{name}_ok", receiver.url(f"/ok/{name}"))
+    db.execute("SELECT webhook.watch(%s, %s)", (name, f"{name}_bad"))
+    db.execute("SELECT webhook.watch(%s, %s)", (name, f"{name}_ok"))
+    db.execute(f"INSERT INTO {name} VALUES (1, 'a'), (2, 'b')")
+    failed = [r[0] for r in db.execute("SELECT id FROM webhook.deliveries WHERE endpoint = %s", (f"{name}_bad",))]
+    for did in failed:
+        wait_status(db, did, "failed", timeout=20)
+    assert one(db, "SELECT webhook.purge('failed', '1 hour', %s)", f"{name}_bad") == 0  # too recent
+    assert one(db, "SELECT webhook.purge('failed', endpoint => %s)", f"{name}_bad") == 2
+    assert one(db, "SELECT count(*) FROM webhook.attempts WHERE delivery_id = ANY(%s)", failed) == 0
+    delivered = [r[0] for r in db.execute("SELECT id FROM webhook.deliveries WHERE endpoint = %s", (f"{name}_ok",))]
+    for did in delivered:
+        wait_status(db, did, "delivered")
+    time.sleep(1.2)
+    cluster.set("webhook.retention", "1s")  # a reload makes the worker apply retention at once
+    try:
+        wait_until(lambda: one(db, "SELECT count(*) FROM webhook.deliveries WHERE id = ANY(%s)", delivered) == 0,
+                   timeout=10, what="retention to remove delivered deliveries")
+    finally:
+        cluster.set("webhook.retention", "7d")
+
+
+def test_per_endpoint_concurrency_cap(cluster, db, receiver, name):
+    """A slow endpoint gets at most webhook.max_concurrency_per_endpoint requests at once."""
+    cluster.set("webhook.max_concurrency_per_endpoint", "2")
+    try:
+        make_table(db, name)
+        endpoint(db, name, receiver.url(f"/sleep/1/{name}"))
+        db.execute("SELECT webhook.watch(%s, %s)", (name, name))
+        db.execute(f"INSERT INTO {name} SELECT g, 'x' FROM generate_series(1, 6) g")
+        got = receiver.wait_for(6, f"/sleep/1/{name}", timeout=15)
+        starts = sorted(r.received for r in got)
+        most_at_once = max(sum(1 for t in starts if s <= t < s + 0.8) for s in starts)
+        assert most_at_once == 2, starts
+    finally:
+        cluster.set("webhook.max_concurrency_per_endpoint", "8")
