@@ -1,0 +1,280 @@
+"""webhook benchmark: every figure of issue 3 as a ratio or rate measured in one run.
+
+Run with ./scripts/bench.sh. Uses a throwaway cluster (harness.Cluster), nginx on 127.0.0.1 as
+the receiver (it logs $msec and webhook-id for latency), pgbench for the write path, and a
+listening socket that never answers as the timing-out endpoint. Bounded: every wait has a limit.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "e2e"))
+from harness import Cluster  # noqa: E402
+
+COLUMNS = "id bigserial PRIMARY KEY, name text, email text, score int, amount numeric, created timestamptz DEFAULT now()"
+PLPGSQL_TRIGGER = """
+CREATE FUNCTION plpgsql_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO plpgsql_queue (payload) VALUES (jsonb_build_object(
+    'data', to_jsonb(NEW), 'redacted', '[]'::jsonb,
+    'meta', jsonb_build_object('operation', 'data_insert',
+            'lookup_values', jsonb_build_array(jsonb_build_object('field', 'id', 'value', NEW.id)))));
+  RETURN NULL;
+END $$;
+"""
+NGINX_CONF = """
+daemon off; worker_processes 1; error_log {dir}/error.log warn; pid {dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fcgi;
+  uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+  log_format hooks '$msec $http_webhook_id';
+  access_log {dir}/access.log hooks buffer=256k flush=200ms;
+  keepalive_requests 10000000; keepalive_timeout 120s;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok"; }} }}
+}}
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Nginx:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="webhook-bench-nginx-")
+        self.port = free_port()
+        with open(f"{self.dir}/nginx.conf", "w") as f:
+            f.write(NGINX_CONF.format(dir=self.dir, port=self.port))
+        self.proc = subprocess.Popen(["nginx", "-p", self.dir, "-c", f"{self.dir}/nginx.conf"])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nginx did not start")
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def log(self):
+        time.sleep(0.5)  # buffer flush
+        with open(f"{self.dir}/access.log") as f:
+            return [line.split() for line in f if line.strip()]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pgbench(cluster, script, seconds, clients=2):
+    path = tempfile.mktemp(suffix=".sql")
+    with open(path, "w") as f:
+        f.write(script)
+    out = subprocess.run(
+        ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres",
+         "-c", str(clients), "-j", str(clients), "-T", str(seconds), "-f", path, "postgres"],
+        check=True, capture_output=True, text=True).stdout
+    os.unlink(path)
+    return float(next(line for line in out.splitlines() if line.startswith("tps")).split()[2])
+
+
+def timed(db, sql):
+    start = time.perf_counter()
+    db.execute(sql)
+    return time.perf_counter() - start
+
+
+def pending(db, endpoint):
+    return db.execute("SELECT count(*) FROM webhook.delivery d JOIN webhook.endpoint e ON e.id = d.endpoint_id"
+                      " WHERE e.name = %s AND d.status IN ('pending', 'delivering')", (endpoint,)).fetchone()[0]
+
+
+def queue(db, table, endpoint, rows):
+    """Queue `rows` deliveries for `endpoint` while it is disabled."""
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (endpoint,))
+    db.execute(f"INSERT INTO {table} (name, email, score, amount) SELECT 'n' || g, 'e' || g || '@x.y', g, g * 1.5"
+               f" FROM generate_series(1, {rows}) g")
+
+
+def drain(db, endpoint, rows, limit_s, sample_rss=None):
+    """Enable the endpoint and time until its queue is empty; returns deliveries/s."""
+    start = time.perf_counter()
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => true)", (endpoint,))
+    rss = []
+    while pending(db, endpoint) > 0:
+        if time.perf_counter() - start > limit_s:
+            raise RuntimeError(f"drain of {endpoint} did not finish in {limit_s}s")
+        if sample_rss:
+            rss.append(sample_rss())
+        time.sleep(0.1)
+    elapsed = time.perf_counter() - start
+    delivered = db.execute("SELECT count(*) FROM webhook.delivery d JOIN webhook.endpoint e ON e.id = d.endpoint_id"
+                           " WHERE e.name = %s AND d.status = 'delivered'", (endpoint,)).fetchone()[0]
+    assert delivered >= rows, (delivered, rows)
+    return rows / elapsed, (max(rss) if rss else None)
+
+
+def worker_rss_mb(db):
+    pids = [r[0] for r in db.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'webhook delivery worker'")]
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            total = max(total, next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")))
+    return total / 1024
+
+
+def new_cluster(extra=None):
+    settings = {"webhook.timeout": "'2s'", "synchronous_commit": "off", "max_wal_size": "'4GB'",
+                "shared_buffers": "'1GB'", "checkpoint_timeout": "'30min'"}
+    settings.update(extra or {})
+    c = Cluster(settings).start()
+    with c.connect() as db:
+        db.execute("CREATE EXTENSION webhook")
+    return c
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10, help="pgbench duration per variant")
+    ap.add_argument("--drain-rows", type=int, default=100_000)
+    ap.add_argument("--backlog-rows", type=int, default=1_000_000)
+    ap.add_argument("--json", help="write the results here too")
+    args = ap.parse_args()
+    results = {}
+    nginx = Nginx()
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(4096)  # accepts connections in the kernel, never answers
+    try:
+        cluster = new_cluster()
+        with cluster.connect() as db:
+            for t in ("plain", "watched", "plpgsql"):
+                db.execute(f"CREATE TABLE b_{t} ({COLUMNS})")
+            db.execute("CREATE TABLE plpgsql_queue (id bigserial PRIMARY KEY, payload jsonb NOT NULL,"
+                       " status text NOT NULL DEFAULT 'pending', created_at timestamptz NOT NULL DEFAULT now())")
+            db.execute(PLPGSQL_TRIGGER)
+            db.execute("CREATE TRIGGER outbox AFTER INSERT OR UPDATE OR DELETE ON b_plpgsql"
+                       " FOR EACH ROW EXECUTE FUNCTION plpgsql_outbox()")
+            db.execute("SELECT webhook.create_endpoint('bench', %s)", (nginx.url("/hook"),))
+            db.execute("SELECT webhook.watch('b_watched', 'bench')")
+
+            # 1. capture cost, single-row inserts (endpoint disabled: the write path alone)
+            db.execute("SELECT webhook.alter_endpoint('bench', enabled => false)")
+            tps = {}
+            for t in ("plain", "watched", "plpgsql"):
+                tps[t] = pgbench(cluster, f"INSERT INTO b_{t} (name, email, score, amount)"
+                                          f" VALUES ('n', 'e@x.y', 42, 3.14);\n", args.seconds)
+            results["1_tps"] = tps
+            results["1_watched_vs_plain"] = tps["watched"] / tps["plain"]
+            results["1_watched_vs_plpgsql"] = tps["watched"] / tps["plpgsql"]
+            db.execute("TRUNCATE webhook.delivery, webhook.attempt")
+
+            # 2. capture cost, bulk
+            bulk = {}
+            for t in ("plain", "watched"):
+                db.execute(f"TRUNCATE b_{t}")
+                bulk[f"insert_{t}"] = timed(db, f"INSERT INTO b_{t} (name, email, score, amount)"
+                                                f" SELECT 'n' || g, 'e@x.y', g, g FROM generate_series(1, 100000) g")
+                bulk[f"update_{t}"] = timed(db, f"UPDATE b_{t} SET score = score + 1")
+            results["2_seconds"] = bulk
+            results["2_insert_ratio"] = bulk["insert_watched"] / bulk["insert_plain"]
+            results["2_update_ratio"] = bulk["update_watched"] / bulk["update_plain"]
+            db.execute("TRUNCATE webhook.delivery, webhook.attempt")
+
+            # 3. drain throughput
+            queue(db, "b_watched", "bench", args.drain_rows)
+            results["3_drain_per_s"], _ = drain(db, "bench", args.drain_rows, 600)
+            db.execute("TRUNCATE webhook.delivery, webhook.attempt")
+
+            # 4. latency at 50 commits/s
+            db.execute("SELECT webhook.alter_endpoint('bench', enabled => true)")
+            db.execute("TRUNCATE b_watched")
+            committed = {}
+            start = time.monotonic()
+            for i in range(500):
+                target = start + i / 50
+                time.sleep(max(0, target - time.monotonic()))
+                db.execute("INSERT INTO b_watched (id, name) VALUES (%s, 'lat')", (i + 1,))
+                committed[i + 1] = time.time()
+            time.sleep(2)
+            ids = dict(db.execute("SELECT id, (payload::jsonb #>> '{data,id}')::bigint FROM webhook.delivery").fetchall())
+            received = {int(w): float(ms) for ms, w in nginx.log() if w.isdigit() and int(w) in ids}
+            lat = sorted((received[d] - committed[r]) * 1000 for d, r in ids.items() if d in received and r in committed)
+            results["4_latency_ms"] = {"n": len(lat), "p50": lat[len(lat) // 2], "p99": lat[int(len(lat) * 0.99) - 1]}
+            db.execute("TRUNCATE webhook.delivery, webhook.attempt")
+
+            # 7. failing-endpoint isolation: healthy drain alone (figure 3) vs beside a blackhole
+            db.execute("SELECT webhook.create_endpoint('blackhole', %s)",
+                       (f"http://127.0.0.1:{blackhole.getsockname()[1]}/",))
+            db.execute("CREATE TABLE b_hole (LIKE b_plain INCLUDING ALL)")
+            db.execute("SELECT webhook.watch('b_hole', 'blackhole')")
+            db.execute("INSERT INTO b_hole (name) SELECT 'x' FROM generate_series(1, 2000)")
+            queue(db, "b_watched", "bench", args.drain_rows)
+            results["7_drain_beside_timeouts_per_s"], _ = drain(db, "bench", args.drain_rows, 600)
+            results["7_ratio"] = results["7_drain_beside_timeouts_per_s"] / results["3_drain_per_s"]
+            db.execute("SELECT webhook.drop_endpoint('blackhole')")
+            db.execute("TRUNCATE webhook.delivery, webhook.attempt")
+
+            # 5. backlog
+            if args.backlog_rows:
+                queue(db, "b_watched", "bench", args.backlog_rows)
+                size_full = db.execute("SELECT pg_total_relation_size('webhook.delivery')").fetchone()[0]
+                rate, rss = drain(db, "bench", args.backlog_rows, 1800, lambda: worker_rss_mb(db))
+                results["5_backlog_drain_per_s"] = rate
+                results["5_backlog_vs_drain"] = rate / results["3_drain_per_s"]
+                results["5_worker_rss_mb_max"] = rss
+                cluster.set("webhook.retention", "1s")
+                time.sleep(3)
+                deadline = time.monotonic() + 600
+                while db.execute("SELECT count(*) FROM webhook.delivery").fetchone()[0] > 0:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("retention did not empty the queue")
+                    time.sleep(1)
+                db.execute("VACUUM webhook.delivery")
+                db.execute("VACUUM webhook.attempt")
+                results["5_queue_bytes_full"] = size_full
+                results["5_queue_bytes_after_retention_vacuum"] = db.execute(
+                    "SELECT pg_total_relation_size('webhook.delivery')").fetchone()[0]
+                # Space is reused: queue the same backlog again and compare the size.
+                queue(db, "b_watched", "bench", args.backlog_rows)
+                results["5_queue_bytes_refilled"] = db.execute(
+                    "SELECT pg_total_relation_size('webhook.delivery')").fetchone()[0]
+        cluster.cleanup()
+
+        # 6. two workers
+        cluster = new_cluster({"webhook.workers": "2"})
+        with cluster.connect() as db:
+            db.execute(f"CREATE TABLE b_watched ({COLUMNS})")
+            db.execute("SELECT webhook.create_endpoint('bench', %s)", (nginx.url("/hook2"),))
+            db.execute("SELECT webhook.alter_endpoint('bench', enabled => false)")
+            db.execute("SELECT webhook.watch('b_watched', 'bench')")
+            queue(db, "b_watched", "bench", args.drain_rows)
+            results["6_drain_2_workers_per_s"], _ = drain(db, "bench", args.drain_rows, 600)
+            results["6_ratio_2_vs_1"] = results["6_drain_2_workers_per_s"] / results["3_drain_per_s"]
+            sent = [w for _, w, *rest in (l + [""] for l in nginx.log()) if w.isdigit()]
+        cluster.cleanup()
+        results["6_duplicate_ids_2_workers"] = len(sent) - len(set(sent))
+    finally:
+        nginx.stop()
+        blackhole.close()
+    print(json.dumps(results, indent=2, default=str))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()
