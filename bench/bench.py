@@ -111,6 +111,8 @@ def queue(db, table, endpoint, rows):
 
 def drain(db, endpoint, rows, limit_s, sample_rss=None):
     """Enable the endpoint and time until its queue is empty; returns deliveries/s."""
+    db.execute("VACUUM ANALYZE webhook.delivery")
+    db.execute("CHECKPOINT")
     start = time.perf_counter()
     db.execute("SELECT webhook.alter_endpoint(%s, enabled => true)", (endpoint,))
     rss = []

@@ -378,6 +378,7 @@ fn test_endpoint(
     // The request runs on its own thread so that this backend stays cancellable.
     let (tx, rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
+        sender::block_signals();
         let agent = sender::agent(std::sync::Arc::new(std::sync::RwLock::new(policy)));
         let _ = tx.send(sender::send(
             &agent,

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 /// Longest sleep when nothing is due; commits wake the worker sooner through its latch.
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// How often finished requests are collected while some are in flight.
-const RESULT_POLL: Duration = Duration::from_millis(5);
+/// Sender threads wake the main thread for each outcome; this poll is only a safety net.
+const RESULT_POLL: Duration = Duration::from_millis(50);
 /// After a commit wakes the worker it lets further commits gather this long, so that a busy
 /// write path wakes it at most a few hundred times a second instead of once per commit.
 /// Commits meanwhile only set the latch: no signal is sent while the worker is not waiting.
@@ -79,7 +79,8 @@ fn reload_config_if_asked() -> bool {
     true
 }
 
-fn wait(timeout: Duration) {
+/// Sleep on the latch; after a wake-up from idle (a commit), let further commits gather first.
+fn wait(timeout: Duration, idle: bool) {
     unsafe {
         let events = pg_sys::WaitLatch(
             pg_sys::MyLatch,
@@ -87,7 +88,7 @@ fn wait(timeout: Duration) {
             timeout.as_millis().min(i64::MAX as u128) as i64,
             pg_sys::PG_WAIT_EXTENSION,
         );
-        if events & pg_sys::WL_LATCH_SET as i32 != 0 && !shutdown_requested() {
+        if idle && events & pg_sys::WL_LATCH_SET as i32 != 0 && !shutdown_requested() {
             std::thread::sleep(WAKE_DEBOUNCE);
         }
         pg_sys::ResetLatch(pg_sys::MyLatch);
@@ -204,7 +205,7 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
             sleep = sleep.min(RESULT_POLL);
         }
         if !sleep.is_zero() {
-            wait(sleep);
+            wait(sleep, in_flight == 0);
         }
     }
 

@@ -245,9 +245,10 @@ impl Pool {
             let jobs = self.job_rx.clone();
             let results = self.results_tx.clone();
             let agent = self.agent.clone();
+            let main_pid = std::process::id() as libc::pid_t;
             let handle = std::thread::Builder::new()
                 .name(format!("webhook-sender-{}", self.threads.len()))
-                .spawn(move || sender_thread(agent, jobs, results))
+                .spawn(move || sender_thread(agent, jobs, results, main_pid))
                 .expect("spawning a sender thread");
             self.threads.push(handle);
         }
@@ -264,7 +265,12 @@ impl Pool {
     }
 }
 
-fn sender_thread(agent: ureq::Agent, jobs: Receiver<Job>, results: Sender<Outcome>) {
+fn sender_thread(
+    agent: ureq::Agent,
+    jobs: Receiver<Job>,
+    results: Sender<Outcome>,
+    main_pid: libc::pid_t,
+) {
     block_signals();
     while let Ok(job) = jobs.recv() {
         let msg_id = job.delivery_id.to_string();
@@ -295,11 +301,19 @@ fn sender_thread(agent: ureq::Agent, jobs: Receiver<Job>, results: Sender<Outcom
         if results.send(outcome).is_err() {
             break;
         }
+        wake_main_thread(main_pid);
     }
 }
 
+/// Tell the worker's main thread an outcome is waiting. This thread blocks every signal, so the
+/// process-directed SIGUSR1 is taken by the main thread, whose PostgreSQL handler sets its latch:
+/// no PostgreSQL function runs here.
+fn wake_main_thread(main_pid: libc::pid_t) {
+    unsafe { libc::kill(main_pid, libc::SIGUSR1) };
+}
+
 /// Signals belong to PostgreSQL's handlers on the main thread; keep them off sender threads.
-fn block_signals() {
+pub fn block_signals() {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);

@@ -133,6 +133,9 @@ class Receiver:
             def _handle(self):
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
+                if len(body) < length:  # the sender died mid-request: not a delivery
+                    self.close_connection = True
+                    return
                 with receiver.lock:
                     receiver.requests.append(Request(self.command, self.path, dict(self.headers), body))
                     receiver.counts[self.path] = receiver.counts.get(self.path, 0) + 1
