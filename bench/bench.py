@@ -130,11 +130,12 @@ def drain(db, endpoint, rows, limit_s, sample_rss=None):
 
 
 def worker_rss_mb(db):
+    """The workers' private memory (RssAnon): VmRSS also counts the shared buffers they touched."""
     pids = [r[0] for r in db.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'webhook delivery worker'")]
     total = 0
     for pid in pids:
         with open(f"/proc/{pid}/status") as f:
-            total = max(total, next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")))
+            total = max(total, next(int(line.split()[1]) for line in f if line.startswith("RssAnon:")))
     return total / 1024
 
 

@@ -520,6 +520,9 @@ fn unwatch(tbl: Option<PgRelation>, endpoint: Option<&str>) {
     run().or_raise()
 }
 
+/// Queue a delivery again: due now, with a fresh retry cycle (attempt numbers continue).
+const REQUEUE: &str = "status = 'pending', next_attempt_at = now(), cycle_start = attempts";
+
 /// Queue a delivered or failed delivery again, with a fresh retry cycle and the same webhook-id.
 #[pg_extern(security_definer, volatile)]
 #[search_path(pg_catalog, pg_temp)]
@@ -547,8 +550,7 @@ fn redeliver(delivery_id: Option<i64>) {
             }
             client
                 .update(
-                    "UPDATE webhook.delivery SET status = 'pending', next_attempt_at = now(),
-                        cycle_start = attempts WHERE id = $1",
+                    &format!("UPDATE webhook.delivery SET {REQUEUE} WHERE id = $1"),
                     None,
                     &[id.into()],
                 )
@@ -571,9 +573,10 @@ fn redeliver_failed(endpoint: Option<&str>) -> i64 {
             let id = endpoint_id(client, endpoint)?;
             let rows = client
                 .update(
-                    "UPDATE webhook.delivery SET status = 'pending', next_attempt_at = now(),
-                        cycle_start = attempts
-                     WHERE endpoint_id = $1 AND status = 'failed' RETURNING id",
+                    &format!(
+                        "UPDATE webhook.delivery SET {REQUEUE}
+                         WHERE endpoint_id = $1 AND status = 'failed' RETURNING id"
+                    ),
                     None,
                     &[id.into()],
                 )

@@ -102,10 +102,11 @@ fn record(outcomes: &[Outcome], delays: &[Duration]) {
     }
 }
 
-fn apply_retention() {
+/// Delete delivered deliveries past `webhook.retention`; false when a pass cap left some behind.
+fn apply_retention() -> bool {
     let retention = guc::retention_secs();
     if retention == 0 {
-        return;
+        return true;
     }
     let mut removed = 0;
     while removed < RETENTION_PASS_MAX {
@@ -119,6 +120,7 @@ fn apply_retention() {
     if removed > 0 {
         log!("webhook: removed {removed} delivered deliveries older than webhook.retention");
     }
+    removed < RETENTION_PASS_MAX
 }
 
 #[pg_guard]
@@ -145,8 +147,8 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
             last_retention = None;
         }
         if slot == 0 && ready && last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
-            apply_retention();
-            last_retention = Some(Instant::now());
+            // A pass that stopped at its cap left more behind: take the next one on the next loop.
+            last_retention = apply_retention().then(Instant::now);
         }
         let settings = Settings::read();
         pool.ensure_threads(settings.concurrency);

@@ -50,13 +50,13 @@ def one(conn, sql, *args):
     return row[0] if row else None
 
 
-def wait_until(predicate, timeout=10.0, what="condition"):
+def wait_until(predicate, timeout=10.0, what="condition", poll=0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(poll)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 

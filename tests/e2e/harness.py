@@ -97,7 +97,8 @@ class Cluster:
 
 
 class Request:
-    def __init__(self, method, path, headers, body):
+    def __init__(self, method, path, headers, body, peer=None):
+        self.peer = peer  # (address, port) of the sender's connection
         self.received = time.monotonic()
         self.wall = time.time()
         self.method = method
@@ -137,7 +138,8 @@ class Receiver:
                     self.close_connection = True
                     return
                 with receiver.lock:
-                    receiver.requests.append(Request(self.command, self.path, dict(self.headers), body))
+                    receiver.requests.append(
+                        Request(self.command, self.path, dict(self.headers), body, self.client_address))
                     receiver.counts[self.path] = receiver.counts.get(self.path, 0) + 1
                     seen = receiver.counts[self.path]
                 parts = self.path.strip("/").split("/")

@@ -9,6 +9,7 @@ import time
 
 import psycopg
 
+from conftest import wait_until
 from harness import Cluster, Receiver
 
 ROWS_PER_TX = 5
@@ -64,13 +65,7 @@ def worker_pid(cluster):
 
 
 def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(predicate, timeout, what, poll=0.5)
 
 
 def test_nothing_committed_is_lost_across_crashes():

@@ -309,3 +309,14 @@ def test_secret_rotation_signs_with_both(db, receiver, name):
     assert verify(req, new) == (True, True)
     Webhook(old).verify(req.body, req.headers)  # the overlap keeps the old secret valid
     assert len(req.headers["webhook-signature"].split(" ")) == 2
+
+
+def test_concurrent_sends_reuse_keep_alive_connections(db, receiver, name):
+    watched(db, receiver, name)
+    for batch in range(4):  # four bursts, so connections must outlive a burst to be reused
+        db.execute(f"INSERT INTO {name} SELECT g, 'x' FROM generate_series({batch * 25 + 1}, {batch * 25 + 25}) g")
+        receiver.wait_for((batch + 1) * 25, f"/ok/{name}")
+    got = receiver.received(f"/ok/{name}")
+    connections = {r.peer for r in got}
+    assert 1 < len(connections) <= 16, len(connections)  # concurrent, and at most one per sender
+    assert len(got) == 100
