@@ -12,8 +12,8 @@ pub static RETRY_DELAYS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"4s,8s,16s,32s,64s"));
 pub static TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
-pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);
-pub static MAX_CONCURRENCY_PER_ENDPOINT: GucSetting<i32> = GucSetting::<i32>::new(8);
+pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(32);
+pub static MAX_CONCURRENCY_PER_ENDPOINT: GucSetting<i32> = GucSetting::<i32>::new(16);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 pub static ALLOWED_NETWORKS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));

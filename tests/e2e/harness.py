@@ -88,6 +88,13 @@ class Cluster:
             c.execute("SELECT pg_reload_conf()")
         time.sleep(0.3)
 
+    def reset(self, name):
+        """Back to the configuration file's value (ALTER SYSTEM RESET) and reload."""
+        with self.connect() as c:
+            c.execute(psycopg.sql.SQL("ALTER SYSTEM RESET {}").format(psycopg.sql.SQL(name)))
+            c.execute("SELECT pg_reload_conf()")
+        time.sleep(0.3)
+
     def log_tail(self, n=40):
         try:
             with open(self.log) as f:

@@ -184,7 +184,7 @@ def test_purge_and_retention(cluster, db, receiver, name):
         wait_until(lambda: one(db, "SELECT count(*) FROM webhook.deliveries WHERE id = ANY(%s)", delivered) == 0,
                    timeout=10, what="retention to remove delivered deliveries")
     finally:
-        cluster.set("webhook.retention", "7d")
+        cluster.reset("webhook.retention")
 
 
 def test_per_endpoint_concurrency_cap(cluster, db, receiver, name):
@@ -200,4 +200,4 @@ def test_per_endpoint_concurrency_cap(cluster, db, receiver, name):
         most_at_once = max(sum(1 for t in starts if s <= t < s + 0.8) for s in starts)
         assert most_at_once == 2, starts
     finally:
-        cluster.set("webhook.max_concurrency_per_endpoint", "8")
+        cluster.reset("webhook.max_concurrency_per_endpoint")
