@@ -137,8 +137,8 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
 
     let policy = sender::SharedPolicy::new(guc::network_policy().into());
     let mut pool = Pool::new(policy.clone());
-    let mut in_flight = 0usize;
-    let mut in_flight_by_endpoint: HashMap<i64, usize> = HashMap::new();
+    // Requests in flight, per endpoint.
+    let mut in_flight: HashMap<i64, usize> = HashMap::new();
     let mut ready = false;
     let mut last_retention: Option<Instant> = None;
     while !shutdown_requested() {
@@ -154,25 +154,25 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
         pool.ensure_threads(settings.concurrency);
 
         let done = pool.finished();
-        in_flight -= done.len();
         for outcome in &done {
-            if let Some(n) = in_flight_by_endpoint.get_mut(&outcome.endpoint_id) {
+            if let Some(n) = in_flight.get_mut(&outcome.endpoint_id) {
                 *n = n.saturating_sub(1);
             }
         }
         record(&done, &settings.delays);
+        let total_in_flight: usize = in_flight.values().sum();
 
         let mut sleep = IDLE_POLL;
         if !ready {
             ready = BackgroundWorker::transaction(queue::ready);
         }
-        let free = settings.concurrency.saturating_sub(in_flight) as i64;
+        let free = settings.concurrency.saturating_sub(total_in_flight) as i64;
         if ready && free > 0 {
             let limit = free.min(settings.batch);
             let lease = settings.timeout + LEASE_MARGIN;
             let caps = queue::Caps {
                 per_endpoint: settings.per_endpoint,
-                in_flight: &in_flight_by_endpoint,
+                in_flight: &in_flight,
             };
             let (jobs, next_due) = BackgroundWorker::transaction(|| {
                 let jobs = queue::claim(limit, lease, settings.timeout, &caps);
@@ -183,15 +183,11 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
                 };
                 (jobs, next_due)
             });
-            let jobs_claimed = jobs.len();
-            in_flight += jobs.len();
+            let claimed = jobs.len();
             for job in jobs {
-                *in_flight_by_endpoint
-                    .entry(job.destination.endpoint_id)
-                    .or_default() += 1;
+                *in_flight.entry(job.destination.endpoint_id).or_default() += 1;
                 pool.submit(job);
             }
-            let claimed = jobs_claimed;
             if let Some(secs) = next_due {
                 let due_in = Duration::from_secs_f64(secs.max(0.0));
                 // Overdue work that could not be claimed is held back by the per-endpoint cap or
@@ -203,18 +199,20 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
                 });
             }
         }
-        if in_flight > 0 {
+        let busy = in_flight.values().any(|n| *n > 0);
+        if busy {
             sleep = sleep.min(RESULT_POLL);
         }
         if !sleep.is_zero() {
-            wait(sleep, in_flight == 0);
+            wait(sleep, !busy);
         }
     }
 
     // Record what finishes within the grace period; the rest is resent after its lease.
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     let mut done = Vec::new();
-    while in_flight > done.len() && Instant::now() < deadline {
+    let total_in_flight: usize = in_flight.values().sum();
+    while total_in_flight > done.len() && Instant::now() < deadline {
         done.extend(pool.finished());
         std::thread::sleep(RESULT_POLL);
     }
