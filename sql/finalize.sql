@@ -50,3 +50,17 @@ GRANT USAGE ON SCHEMA webhook TO webhook_admin;
 GRANT SELECT ON webhook.endpoints, webhook.subscriptions, webhook.deliveries, webhook.attempts,
                 webhook.endpoint_stats TO webhook_admin;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA webhook TO webhook_admin;
+
+-- Say so at once when nothing would ever be delivered from this database.
+DO $$
+BEGIN
+    IF pg_catalog.current_setting('shared_preload_libraries') !~ '(^|[ ,])"?webhook"?($|[ ,])' THEN
+        RAISE WARNING 'webhook is not in shared_preload_libraries: changes are queued but no worker delivers them'
+            USING HINT = 'Add webhook to shared_preload_libraries in postgresql.conf and restart PostgreSQL.';
+    ELSIF pg_catalog.current_setting('webhook.database', true) IS DISTINCT FROM pg_catalog.current_database() THEN
+        RAISE WARNING 'the delivery worker connects to database "%", not to "%": changes queued here are not delivered',
+            pg_catalog.current_setting('webhook.database', true), pg_catalog.current_database()
+            USING HINT = 'Set webhook.database in postgresql.conf to this database and restart PostgreSQL.';
+    END IF;
+END
+$$;

@@ -3,6 +3,7 @@ configuration reload, clean stop."""
 import socket
 import time
 
+import psycopg
 import pytest
 
 from conftest import endpoint, make_table, one, wait_status, wait_until
@@ -201,3 +202,16 @@ def test_per_endpoint_concurrency_cap(cluster, db, receiver, name):
         assert most_at_once == 2, starts
     finally:
         cluster.reset("webhook.max_concurrency_per_endpoint")
+
+
+def test_create_extension_warns_when_nothing_would_deliver(cluster, db):
+    """In a database the worker does not serve, CREATE EXTENSION says so."""
+    db.execute("CREATE DATABASE elsewhere")
+    try:
+        with psycopg.connect(cluster.dsn().replace("dbname=postgres", "dbname=elsewhere"), autocommit=True) as other:
+            notices = []
+            other.add_notice_handler(lambda n: notices.append(n.message_primary))
+            other.execute("CREATE EXTENSION webhook")
+        assert any('connects to database "postgres", not to "elsewhere"' in n for n in notices), notices
+    finally:
+        db.execute("DROP DATABASE elsewhere")
