@@ -13,11 +13,22 @@ SETTINGS = {
 }
 
 _counter = itertools.count()
+_session_cluster = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure, attach the tail of the session cluster's server log to the report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _session_cluster:
+        report.sections.append(("server log (last 60 lines)", _session_cluster[0].log_tail(60)))
 
 
 @pytest.fixture(scope="session")
 def cluster():
     c = Cluster(SETTINGS).start()
+    _session_cluster.append(c)
     try:
         with c.connect() as conn:
             conn.execute("CREATE EXTENSION webhook")

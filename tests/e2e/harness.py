@@ -36,13 +36,23 @@ def as_postgres(*cmd):
 
 
 class Cluster:
-    """A throwaway cluster with the webhook worker preloaded."""
+    """A throwaway cluster with the webhook worker preloaded (preload=False: a plain cluster).
+
+    settings: extra postgresql.conf lines, {name: value} with values already quoted as the
+    file wants them (e.g. {"webhook.timeout": "'2s'"}). Usable as a context manager."""
 
     def __init__(self, settings=None, preload=True):
         self.dir = tempfile.mkdtemp(prefix="webhook-e2e-")
         self.data = os.path.join(self.dir, "data")
         self.log = os.path.join(self.dir, "server.log")
         self.port = free_port()
+        try:
+            self._init(settings, preload)
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def _init(self, settings, preload):
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres")
         as_postgres(f"{PG_BIN}/initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
@@ -62,11 +72,25 @@ class Cluster:
                 f.write(f"{k} = {v}\n")
 
     def start(self):
-        as_postgres(f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "start")
+        try:
+            as_postgres(f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start")
+        except subprocess.CalledProcessError as e:
+            raise RuntimeError(f"pg_ctl start failed: {e.stdout}{e.stderr}\n{self.log_tail()}") from None
         return self
 
     def stop(self, mode="fast"):
-        as_postgres(f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+        """mode: 'smart', 'fast' or 'immediate' (pg_ctl -m)."""
+        as_postgres(f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "60", "stop")
+
+    def restart(self, mode="fast"):
+        self.stop(mode)
+        return self.start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
 
     def cleanup(self):
         try:
@@ -81,7 +105,7 @@ class Cluster:
     def connect(self, user="postgres", autocommit=True):
         return psycopg.connect(self.dsn(user), autocommit=autocommit)
 
-    def set(self, name, value):
+    def set(self, name, value):  # noqa: A003
         """Change a reloadable setting for the whole cluster (the worker rereads it on SIGHUP)."""
         with self.connect() as c:
             c.execute(psycopg.sql.SQL("ALTER SYSTEM SET {} = {}").format(psycopg.sql.SQL(name), psycopg.sql.Literal(value)))
@@ -95,12 +119,33 @@ class Cluster:
             c.execute("SELECT pg_reload_conf()")
         time.sleep(0.3)
 
-    def log_tail(self, n=40):
+    set_guc = set
+
+    def log_text(self):
         try:
-            with open(self.log) as f:
-                return "".join(f.readlines()[-n:])
+            with open(self.log, errors="replace") as f:
+                return f.read()
         except OSError:
             return ""
+
+    def log_tail(self, n=40):
+        return "".join(self.log_text().splitlines(keepends=True)[-n:])
+
+
+class Headers(dict):
+    """Request headers; lookups ignore case (keys are stored lower-cased)."""
+
+    def __init__(self, items=()):
+        super().__init__((k.lower(), v) for k, v in dict(items).items())
+
+    def __getitem__(self, key):
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key):
+        return super().__contains__(key.lower())
+
+    def get(self, key, default=None):
+        return super().get(key.lower(), default)
 
 
 class Request:
@@ -110,7 +155,7 @@ class Request:
         self.wall = time.time()
         self.method = method
         self.path = path
-        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.headers = Headers(headers)
         self.body = body
 
     def json(self):
@@ -120,11 +165,14 @@ class Request:
 class Receiver:
     """HTTP/1.1 keep-alive receiver; the path picks the behaviour:
     /ok -> 200, /status/<code> -> that code, /sleep/<s> -> sleep then 200,
-    /flaky/<n>/<tag> -> 500 for the first n requests on that path, then 200,
-    /big/<bytes> -> 200 with a body of that many bytes."""
+    /status/3xx also sends Location: <this receiver>/ok/redirected<path> (redirect_target),
+    /flaky/<n>[/<tag>] -> 500 for the first n requests on that exact path, then 200,
+    /retry-after/<s> -> 429 with Retry-After: <s>, /big/<bytes> -> 200 with a body that long,
+    and the raw-socket misbehaviours of hostile(). Anything after the behaviour's own segments
+    is a free tag, so each test can use paths of its own (/ok/<test>, /status/500/<test>)."""
 
     def __init__(self):
-        self.requests = []
+        self._log = []
         self.lock = threading.Lock()
         self.counts = {}
         receiver = self
@@ -145,7 +193,7 @@ class Receiver:
                     self.close_connection = True
                     return
                 with receiver.lock:
-                    receiver.requests.append(
+                    receiver._log.append(
                         Request(self.command, self.path, dict(self.headers), body, self.client_address))
                     receiver.counts[self.path] = receiver.counts.get(self.path, 0) + 1
                     seen = receiver.counts[self.path]
@@ -155,8 +203,8 @@ class Receiver:
                 code, extra = 200, {}
                 if parts[0] == "status":
                     code = int(parts[1])
-                    if 300 <= code < 400:
-                        extra["Location"] = receiver.url("/ok")
+                    if 300 <= code < 400:  # a target of its own, so a test can see it got nothing
+                        extra["Location"] = receiver.url(receiver.redirect_target(self.path))
                 elif parts[0] == "sleep":
                     time.sleep(float(parts[1]))
                 elif parts[0] == "flaky" and seen <= int(parts[1]):
@@ -176,7 +224,9 @@ class Receiver:
                 except OSError:
                     pass
 
-            do_POST = do_PUT = do_PATCH = _handle
+            # GET and DELETE too: a client wrongly following a 302/303 switches to GET, and
+            # that must be recorded to be caught.
+            do_POST = do_PUT = do_PATCH = do_GET = do_DELETE = _handle
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -219,12 +269,25 @@ class Receiver:
         handler.close_connection = True
         return True
 
+    @staticmethod
+    def redirect_target(path):
+        """Where /status/3xx/... points its Location header."""
+        return "/ok/redirected" + path
+
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def received(self, path=None):
+    def requests(self, path=None):
+        """Every request received so far (on exactly this path, if given), in arrival order."""
         with self.lock:
-            return [r for r in self.requests if path is None or r.path == path]
+            return [r for r in self._log if path is None or r.path == path]
+
+    received = requests
+
+    def clear(self):
+        with self.lock:
+            self._log.clear()
+            self.counts.clear()
 
     def wait_for(self, count, path=None, timeout=10.0):
         deadline = time.monotonic() + timeout
@@ -238,6 +301,7 @@ class Receiver:
 
     def close(self):
         self.server.shutdown()
+        self.server.server_close()
 
 
 def verify(request, secret):

@@ -117,3 +117,17 @@ def test_hand_made_trigger_naming_unknown_endpoint(cluster, queued):
         with pytest.raises(psycopg.errors.UndefinedObject) as err:
             db.execute("INSERT INTO bad_hand VALUES (1)")
         assert '"by_hand"' in str(err.value) and '"ghost"' in str(err.value)
+
+
+def test_queue_intact_after_all_bad_calls(cluster, queued):
+    """Runs after every case above: the five deliveries queued first are all still there, same ids,
+    same payloads, still pending (the endpoint is disabled), and no bad call created anything."""
+    with cluster.connect() as db:
+        deliveries, endpoints, subs = snapshot(db)
+        assert deliveries == queued[0]
+        assert [status for _, status, _ in deliveries] == ["pending"] * 5
+        assert [row[0] for row in deliveries] == sorted(row[0] for row in queued[0])
+        assert one(db, "SELECT count(*) FROM webhook.deliveries WHERE endpoint = 'bad_ep'") == 5
+        created = {n for (n, _, _) in endpoints} & {f"x{i}" for i in range(1, 18)}
+        assert created == set() and "" not in {n for (n, _, _) in endpoints}
+        assert endpoints == queued[1] and subs == queued[2]

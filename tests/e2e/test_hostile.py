@@ -3,7 +3,7 @@ the worker survives, and a healthy endpoint keeps getting its deliveries promptl
 import socket
 import time
 
-from conftest import endpoint, make_table, one, wait_until
+from conftest import endpoint, make_table, wait_until
 
 HOSTILE = {
     # name: (path, expected status_code of attempt 1, text expected in its error)
