@@ -4,13 +4,12 @@
 //! (the way PostgreSQL's own foreign-key triggers switch user), with every operator qualified.
 
 use crate::endpoint::Format;
+use crate::enqueue::{self, NewDelivery};
 use crate::error::{OrRaise, WebhookError};
 use crate::payload::{self, Change, Meta, Op, Row};
 use crate::subscription::{Events, Options, Shape, TableShape};
 use crate::{shmem, table};
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{PgBuiltInOids, PgOid};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -30,6 +29,7 @@ struct Plan {
     table: TableShape,
     targets: Vec<Target>,
     queue_owner: pg_sys::Oid,
+    queue: pg_sys::Oid,
     sequence: pg_sys::Oid,
 }
 
@@ -37,7 +37,6 @@ thread_local! {
     static PLANS: RefCell<HashMap<pg_sys::Oid, Rc<Plan>>> = RefCell::new(HashMap::new());
     static GENERATION: Cell<u64> = const { Cell::new(0) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
-    static INSERT: RefCell<Option<Rc<OwnedPreparedStatement>>> = const { RefCell::new(None) };
 }
 
 const TARGETS_SQL: &str =
@@ -51,10 +50,8 @@ const TARGETS_SQL: &str =
 /// The extension owner owns the queue; looked up without touching schema webhook.
 const OWNER_SQL: &str = "SELECT e.extowner FROM pg_catalog.pg_extension e
     WHERE e.extname OPERATOR(pg_catalog.=) 'webhook'";
-const SEQUENCE_SQL: &str = "SELECT 'webhook.delivery_id_seq'::pg_catalog.regclass::pg_catalog.oid";
-
-const INSERT_SQL: &str = "INSERT INTO webhook.delivery
-    (id, endpoint_id, subscription_id, table_name, operation, payload) VALUES ($1, $2, $3, $4, $5, $6)";
+const QUEUE_SQL: &str = "SELECT 'webhook.delivery'::pg_catalog.regclass::pg_catalog.oid,
+    'webhook.delivery_id_seq'::pg_catalog.regclass::pg_catalog.oid";
 
 /// Plans are dropped whenever PostgreSQL invalidates the watched table's relcache entry: its
 /// columns or triggers changed, or the API changed one of its subscriptions.
@@ -111,15 +108,16 @@ fn queue_owner() -> pg_sys::Oid {
 fn build_plan(trigger_name: &str, relid: pg_sys::Oid, endpoint_names: &[String]) -> Plan {
     let table = table::load(relid).or_raise();
     let queue_owner = queue_owner();
-    let (sequence, targets) = as_user(queue_owner, || {
+    let ((queue, sequence), targets) = as_user(queue_owner, || {
         Spi::connect(|c| {
-            let sequence: pg_sys::Oid = c
-                .select(SEQUENCE_SQL, None, &[])
-                .expect("sequence look-up")
+            let (queue, sequence) = c
+                .select(QUEUE_SQL, None, &[])
+                .expect("queue look-up")
                 .first()
-                .get_one()
-                .expect("sequence look-up")
-                .expect("sequence exists");
+                .get_two::<pg_sys::Oid, pg_sys::Oid>()
+                .expect("queue look-up");
+            let queue = queue.expect("queue table exists");
+            let sequence = sequence.expect("sequence exists");
             let targets = endpoint_names
                 .iter()
                 .map(|name| {
@@ -174,7 +172,7 @@ fn build_plan(trigger_name: &str, relid: pg_sys::Oid, endpoint_names: &[String])
                     }
                 })
                 .collect();
-            (sequence, targets)
+            ((queue, sequence), targets)
         })
     });
     Plan {
@@ -182,6 +180,7 @@ fn build_plan(trigger_name: &str, relid: pg_sys::Oid, endpoint_names: &[String])
         table,
         targets,
         queue_owner,
+        queue,
         sequence,
     }
 }
@@ -216,27 +215,15 @@ fn plan_for(trigger: &pg_sys::Trigger, relid: pg_sys::Oid) -> Rc<Plan> {
 }
 
 /// The row as a JSON object, converted by PostgreSQL itself (`row_to_json`: `to_jsonb` values).
-unsafe fn row_json(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Row {
+/// The text lives in the trigger's memory context, which outlives this call.
+unsafe fn row_json<'a>(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> &'a str {
     let datum = unsafe { pg_sys::heap_copy_tuple_as_datum(tuple, desc) };
-    let text: &str = unsafe { pgrx::direct_function_call(pg_sys::row_to_json, &[Some(datum)]) }
-        .expect("row_to_json returns text");
-    serde_json::from_str(text).expect("row_to_json returns a JSON object")
+    unsafe { pgrx::direct_function_call(pg_sys::row_to_json, &[Some(datum)]) }
+        .expect("row_to_json returns text")
 }
 
-fn insert_statement() -> Rc<OwnedPreparedStatement> {
-    if let Some(stmt) = INSERT.with(|i| i.borrow().clone()) {
-        return stmt;
-    }
-    let int8 = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
-    let text = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
-    let stmt = Spi::connect(|c| {
-        c.prepare_mut(INSERT_SQL, &[int8, int8, int8, text, text, text])
-            .expect("prepare queue insert")
-            .keep()
-    });
-    let stmt = Rc::new(stmt);
-    INSERT.with(|i| *i.borrow_mut() = Some(stmt.clone()));
-    stmt
+fn parse_row(json: &str) -> Row<'_> {
+    Row::parse(json).expect("row_to_json returns a JSON object")
 }
 
 fn occurred_at() -> String {
@@ -286,11 +273,13 @@ fn capture<'a>(
         return Ok(None);
     }
     let desc = unsafe { (*relation).rd_att };
-    let trig_row = unsafe { row_json(data.tg_trigtuple, desc) };
-    let new_row = match op {
+    let trig_json = unsafe { row_json(data.tg_trigtuple, desc) };
+    let new_json = match op {
         Op::Update => Some(unsafe { row_json(data.tg_newtuple, desc) }),
         _ => None,
     };
+    let trig_row = parse_row(trig_json);
+    let new_row = new_json.map(parse_row);
     let change = match op {
         Op::Insert => Change {
             op,
@@ -309,50 +298,43 @@ fn capture<'a>(
         },
     };
     let occurred_at = occurred_at();
-    as_user(plan.queue_owner, || {
-        let insert = insert_statement();
-        for target in plan.targets.iter().filter(wanted) {
-            let id: i64 = unsafe {
-                pgrx::direct_function_call(
-                    pg_sys::nextval_oid,
-                    &[Some(pg_sys::Datum::from(plan.sequence))],
-                )
-            }
-            .expect("nextval returns a value");
-            let id_text = id.to_string();
-            let meta = Meta {
-                id: &id_text,
-                occurred_at: &occurred_at,
-            };
-            let body = match target.format {
-                Format::Rownd => payload::rownd(&target.shape, &plan.table, &change, &meta),
-                Format::Census => payload::census(
-                    &target.shape,
-                    &plan.table,
-                    &change,
-                    &meta,
-                    &target.endpoint_name,
-                    target.subscription_id,
-                ),
-            };
-            let operation = payload::operation(&target.shape, &change);
-            Spi::connect_mut(|c| {
-                c.update(
-                    &*insert,
-                    None,
-                    &[
-                        id.into(),
-                        target.endpoint_id.into(),
-                        target.subscription_id.into(),
-                        plan.table.qualified_name.as_str().into(),
-                        operation.into(),
-                        body.as_str().into(),
-                    ],
-                )
-                .expect("queue insert");
-            });
-        }
-    });
+    for target in plan.targets.iter().filter(wanted) {
+        // nextval checks privileges on the sequence, which the queue owner has.
+        let id: i64 = as_user(plan.queue_owner, || unsafe {
+            pgrx::direct_function_call(
+                pg_sys::nextval_oid,
+                &[Some(pg_sys::Datum::from(plan.sequence))],
+            )
+        })
+        .expect("nextval returns a value");
+        let id_text = id.to_string();
+        let meta = Meta {
+            id: &id_text,
+            occurred_at: &occurred_at,
+        };
+        let body = match target.format {
+            Format::Rownd => payload::rownd(&target.shape, &plan.table, &change, &meta),
+            Format::Census => payload::census(
+                &target.shape,
+                &plan.table,
+                &change,
+                &meta,
+                &target.endpoint_name,
+                target.subscription_id,
+            ),
+        };
+        enqueue::insert(
+            plan.queue,
+            &NewDelivery {
+                id,
+                endpoint_id: target.endpoint_id,
+                subscription_id: target.subscription_id,
+                table_name: &plan.table.qualified_name,
+                operation: payload::operation(&target.shape, &change),
+                payload: &body,
+            },
+        );
+    }
     shmem::wake_workers_at_commit();
     Ok(None)
 }

@@ -5,6 +5,7 @@
 mod api;
 mod capture;
 mod endpoint;
+mod enqueue;
 mod error;
 mod guc;
 mod network;

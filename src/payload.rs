@@ -1,12 +1,82 @@
 //! Payload shapes (SPEC §2): rownd and census, built from rows already converted to JSON with
-//! PostgreSQL's own conversion. Pure Rust.
+//! PostgreSQL's own conversion. Column values are copied as PostgreSQL wrote them, never
+//! reparsed, and the body is written straight into one buffer. Pure Rust.
 
 use crate::subscription::{Shape, TableShape};
-use serde_json::{json, Map, Value};
-
-pub type Row = Map<String, Value>;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::collections::HashMap;
 
 pub const REDACTED: &str = "<<REDACTED>>";
+
+/// A row as `row_to_json` wrote it: each column's JSON text, borrowed and unparsed.
+#[derive(Debug, Default)]
+pub struct Row<'a> {
+    values: HashMap<Cow<'a, str>, &'a RawValue>,
+}
+
+impl<'a> Row<'a> {
+    /// `json` is a JSON object of column name to value.
+    pub fn parse(json: &'a str) -> serde_json::Result<Row<'a>> {
+        serde_json::from_str(json)
+    }
+
+    fn get(&self, column: &str) -> Option<&'a RawValue> {
+        self.values.get(column).copied()
+    }
+
+    /// The column's JSON text, `null` when absent.
+    fn text(&self, column: &str) -> &'a str {
+        self.get(column).map_or("null", RawValue::get)
+    }
+}
+
+impl<'de> Deserialize<'de> for Row<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RowVisitor)
+    }
+}
+
+struct RowVisitor;
+
+impl<'de> Visitor<'de> for RowVisitor {
+    type Value = Row<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object of column values")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Row<'de>, M::Error> {
+        let mut values = HashMap::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(Column(name)) = map.next_key()? {
+            values.insert(name, map.next_value::<&'de RawValue>()?);
+        }
+        Ok(Row { values })
+    }
+}
+
+/// A column name: borrowed from the input unless it holds escapes.
+struct Column<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Column<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = Column<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a column name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Column<'de>, E> {
+                Ok(Column(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Column<'de>, E> {
+                Ok(Column(Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -18,13 +88,13 @@ pub enum Op {
 /// The change being captured: old row for update/delete, new row for insert/update.
 pub struct Change<'a> {
     pub op: Op,
-    pub old: Option<&'a Row>,
-    pub new: Option<&'a Row>,
+    pub old: Option<&'a Row<'a>>,
+    pub new: Option<&'a Row<'a>>,
 }
 
-impl Change<'_> {
+impl<'a> Change<'a> {
     /// The row whose values are sent: new for insert/update, old for delete.
-    fn row(&self) -> &Row {
+    fn row(&self) -> &'a Row<'a> {
         self.new
             .or(self.old)
             .expect("a row change has at least one row")
@@ -48,8 +118,12 @@ pub fn operation(shape: &Shape, change: &Change) -> &'static str {
             else {
                 return "data_update";
             };
-            let others_equal = new.iter().all(|(k, v)| k == vis || old.get(k) == Some(v));
-            if others_equal && old.get(vis) != new.get(vis) {
+            // Both rows come from the same conversion, so equal values have equal text.
+            let same = |column: &str| {
+                old.get(column).map(RawValue::get) == new.get(column).map(RawValue::get)
+            };
+            let others_equal = new.values.keys().all(|k| k == vis || same(k));
+            if others_equal && !same(vis) {
                 "visibility_update"
             } else {
                 "data_update"
@@ -59,69 +133,123 @@ pub fn operation(shape: &Shape, change: &Change) -> &'static str {
 }
 
 fn hidden_fields(shape: &Shape, row: &Row) -> Vec<String> {
-    let Some(vis) = &shape.visibility_column else {
+    let Some(raw) = shape
+        .visibility_column
+        .as_deref()
+        .and_then(|vis| row.get(vis))
+    else {
         return Vec::new();
     };
-    match row.get(vis) {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
+    serde_json::from_str::<Vec<Option<String>>>(raw.get())
+        .map(|items| items.into_iter().flatten().collect())
+        .unwrap_or_default()
+}
+
+/// A JSON object being written into `out`.
+struct Object<'w> {
+    out: &'w mut Vec<u8>,
+    empty: bool,
+}
+
+impl<'w> Object<'w> {
+    fn open(out: &'w mut Vec<u8>) -> Object<'w> {
+        out.push(b'{');
+        Object { out, empty: true }
+    }
+
+    /// Write the key; the caller writes the value into the returned buffer.
+    fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        if !self.empty {
+            self.out.push(b',');
+        }
+        self.empty = false;
+        string(self.out, key);
+        self.out.push(b':');
+        self.out
+    }
+
+    fn raw(&mut self, key: &str, json: &str) {
+        self.key(key).extend_from_slice(json.as_bytes());
+    }
+
+    fn string(&mut self, key: &str, value: &str) {
+        string(self.key(key), value);
+    }
+
+    fn close(self) {
+        self.out.push(b'}');
     }
 }
 
-/// The selected, renamed fields of `row`, with redactions applied; and the redacted field names.
-fn record(shape: &Shape, row: &Row) -> (Row, Vec<Value>) {
+fn string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing JSON to memory cannot fail");
+}
+
+/// The selected, renamed fields of `row`, with redactions applied; returns the redacted names.
+fn record<'s>(out: &mut Vec<u8>, shape: &'s Shape, row: &Row) -> Vec<&'s str> {
     let hidden = hidden_fields(shape, row);
-    let mut data = Map::with_capacity(shape.fields.len());
     let mut redacted = Vec::new();
+    let mut data = Object::open(out);
     for (col, field) in &shape.fields {
         let redact = shape.redact.contains(col) || hidden.contains(field) || hidden.contains(col);
-        let value = if redact {
-            redacted.push(Value::String(field.clone()));
-            Value::String(REDACTED.to_string())
+        if redact {
+            redacted.push(field.as_str());
+            data.string(field, REDACTED);
         } else {
-            row.get(col).cloned().unwrap_or(Value::Null)
-        };
-        data.insert(field.clone(), value);
+            data.raw(field, row.text(col));
+        }
     }
-    (data, redacted)
+    data.close();
+    redacted
 }
 
 /// Only the key (lookup) columns, as a delete's `data`.
-fn key_record(shape: &Shape, row: &Row) -> Row {
-    shape
-        .lookup
-        .iter()
-        .map(|(col, field)| (field.clone(), row.get(col).cloned().unwrap_or(Value::Null)))
-        .collect()
+fn key_record(out: &mut Vec<u8>, shape: &Shape, row: &Row) {
+    let mut data = Object::open(out);
+    for (col, field) in &shape.lookup {
+        data.raw(field, row.text(col));
+    }
+    data.close();
 }
 
-fn lookup_values(shape: &Shape, row: &Row) -> Vec<Value> {
-    shape
-        .lookup
-        .iter()
-        .map(|(col, field)| json!({"field": field, "value": row.get(col).cloned().unwrap_or(Value::Null)}))
-        .collect()
+fn lookup_values(out: &mut Vec<u8>, shape: &Shape, row: &Row) {
+    out.push(b'[');
+    for (i, (col, field)) in shape.lookup.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut item = Object::open(out);
+        item.string("field", field);
+        item.raw("value", row.text(col));
+        item.close();
+    }
+    out.push(b']');
+}
+
+fn finish(out: Vec<u8>) -> String {
+    String::from_utf8(out).expect("payload pieces are UTF-8")
 }
 
 pub fn rownd(shape: &Shape, table: &TableShape, change: &Change, meta: &Meta) -> String {
     let row = change.row();
-    let meta_obj = json!({
-        "operation": operation(shape, change),
-        "lookup_values": lookup_values(shape, row),
-        "table": table.qualified_name,
-        "id": meta.id,
-        "occurred_at": meta.occurred_at,
-    });
-    let body = if change.op == Op::Delete {
-        json!({"data": key_record(shape, row), "meta": meta_obj})
+    let mut out = Vec::with_capacity(256);
+    let mut body = Object::open(&mut out);
+    if change.op == Op::Delete {
+        key_record(body.key("data"), shape, row);
     } else {
-        let (data, redacted) = record(shape, row);
-        json!({"data": data, "redacted": redacted, "meta": meta_obj})
-    };
-    body.to_string()
+        let redacted = record(body.key("data"), shape, row);
+        let list = body.key("redacted");
+        serde_json::to_writer(list, &redacted).expect("writing JSON to memory cannot fail");
+    }
+    let mut m = Object::open(body.key("meta"));
+    m.string("operation", operation(shape, change));
+    lookup_values(m.key("lookup_values"), shape, row);
+    m.string("table", &table.qualified_name);
+    m.string("id", meta.id);
+    m.string("occurred_at", meta.occurred_at);
+    m.close();
+    body.close();
+    finish(out)
 }
 
 /// Census batch envelope with this one record.
@@ -134,24 +262,31 @@ pub fn census(
     subscription_id: Option<i64>,
 ) -> String {
     let row = change.row();
-    let (operation, data) = if change.op == Op::Delete {
-        ("deleted", key_record(shape, row))
+    let mut out = Vec::with_capacity(256);
+    let mut body = Object::open(&mut out);
+    body.raw("api_version", "1");
+    let deleted = change.op == Op::Delete;
+    body.string("operation", if deleted { "deleted" } else { "changed" });
+    body.string("sync_run_at", meta.occurred_at);
+    body.string("connection_name", endpoint_name);
+    body.string("model_name", &shape.name);
+    body.string("schema_name", &table.schema);
+    body.string("table_name", &table.table);
+    match subscription_id {
+        Some(id) => body.raw("sync_configuration_id", &id.to_string()),
+        None => body.raw("sync_configuration_id", "null"),
+    }
+    body.raw("sync_configuration_name", "null");
+    let data = body.key("data");
+    data.push(b'[');
+    if deleted {
+        key_record(data, shape, row);
     } else {
-        ("changed", record(shape, row).0)
-    };
-    json!({
-        "api_version": 1,
-        "operation": operation,
-        "sync_run_at": meta.occurred_at,
-        "connection_name": endpoint_name,
-        "model_name": shape.name,
-        "schema_name": table.schema,
-        "table_name": table.table,
-        "sync_configuration_id": subscription_id,
-        "sync_configuration_name": Value::Null,
-        "data": [data],
-    })
-    .to_string()
+        record(data, shape, row);
+    }
+    data.push(b']');
+    body.close();
+    finish(out)
 }
 
 #[cfg(test)]
@@ -159,20 +294,15 @@ mod tests {
     use super::*;
     use crate::subscription::tests::{opts, users};
     use crate::subscription::Options;
-
-    fn row(v: Value) -> Row {
-        v.as_object().unwrap().clone()
-    }
+    use serde_json::{json, Value};
 
     const META: Meta = Meta {
         id: "7",
         occurred_at: "2026-01-01T00:00:00Z",
     };
 
-    fn juliet() -> Row {
-        row(
-            json!({"user_id": "0e22", "email": "jrose@acme.com", "first_name": "Juliet", "hidden": null}),
-        )
+    fn juliet() -> Value {
+        json!({"user_id": "0e22", "email": "jrose@acme.com", "first_name": "Juliet", "hidden": null})
     }
 
     fn parse(s: String) -> Value {
@@ -186,7 +316,8 @@ mod tests {
             ..opts()
         };
         let shape = o.resolve(&users()).unwrap();
-        let new = juliet();
+        let text = juliet().to_string();
+        let new = Row::parse(&text).unwrap();
         let change = Change {
             op: Op::Insert,
             old: None,
@@ -213,9 +344,12 @@ mod tests {
             ..opts()
         };
         let shape = o.resolve(&users()).unwrap();
-        let old = juliet();
-        let mut new = juliet();
-        new.insert("hidden".into(), json!(["mail"]));
+        let old_text = juliet().to_string();
+        let old = Row::parse(&old_text).unwrap();
+        let mut new_value = juliet();
+        new_value["hidden"] = json!(["mail"]);
+        let new_text = new_value.to_string();
+        let new = Row::parse(&new_text).unwrap();
         let change = Change {
             op: Op::Update,
             old: Some(&old),
@@ -229,8 +363,9 @@ mod tests {
         );
         assert_eq!(body["redacted"], json!(["mail", "first_name"]));
 
-        let mut changed = new.clone();
-        changed.insert("first_name".into(), json!("Jules"));
+        new_value["first_name"] = json!("Jules");
+        let changed_text = new_value.to_string();
+        let changed = Row::parse(&changed_text).unwrap();
         let change = Change {
             op: Op::Update,
             old: Some(&old),
@@ -242,7 +377,8 @@ mod tests {
     #[test]
     fn delete_sends_key_columns_and_no_redacted_key() {
         let shape = opts().resolve(&users()).unwrap();
-        let old = juliet();
+        let text = juliet().to_string();
+        let old = Row::parse(&text).unwrap();
         let change = Change {
             op: Op::Delete,
             old: Some(&old),
@@ -266,7 +402,8 @@ mod tests {
             ..opts()
         };
         let shape = o.resolve(&users()).unwrap();
-        let new = juliet();
+        let text = juliet().to_string();
+        let new = Row::parse(&text).unwrap();
         let change = Change {
             op: Op::Insert,
             old: None,
@@ -291,8 +428,7 @@ mod tests {
 
     #[test]
     fn numbers_keep_their_exact_text() {
-        let r: Row =
-            serde_json::from_str(r#"{"user_id": 12345678901234567890.123456789}"#).unwrap();
+        let r = Row::parse(r#"{"user_id": 12345678901234567890.123456789}"#).unwrap();
         let shape = Options {
             columns: Some(vec!["user_id".into()]),
             ..opts()

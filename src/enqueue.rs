@@ -1,0 +1,307 @@
+//! The capture trigger's writes into `webhook.delivery`: a heap insert and one insert per ready
+//! index, without the executor, the way PostgreSQL writes its own catalogs. This is the write
+//! path's hot spot, and a planned SPI insert spent most of its time starting and stopping an
+//! executor, checking constraints and compiling index predicates for a single row.
+//!
+//! What this relies on, checked when first seen: the queue table's columns are the ones below,
+//! its indexes are on plain columns, and partial-index predicates test `status` only (every new
+//! delivery is `pending`, so whether an index takes new rows is decided once per index).
+//! No user code runs here: no triggers, defaults or constraint expressions on the queue table.
+
+use crate::error::WebhookError;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::rc::Rc;
+
+/// One delivery row to queue.
+pub struct NewDelivery<'a> {
+    pub id: i64,
+    pub endpoint_id: i64,
+    pub subscription_id: Option<i64>,
+    pub table_name: &'a str,
+    pub operation: &'a str,
+    pub payload: &'a str,
+}
+
+/// Where each column this module fills sits in the queue table's tuple (0-based).
+struct Layout {
+    natts: usize,
+    id: usize,
+    endpoint_id: usize,
+    subscription_id: usize,
+    table_name: usize,
+    operation: usize,
+    payload: usize,
+    status: usize,
+    attempts: usize,
+    cycle_start: usize,
+    next_attempt_at: usize,
+    created_at: usize,
+}
+
+/// Columns left NULL in a new delivery.
+const NULL_COLUMNS: [&str; 3] = ["last_status_code", "last_error", "delivered_at"];
+
+/// An index of the queue table, as new deliveries need it.
+struct IndexSpec {
+    /// Heap positions (0-based) of the index columns, key and included.
+    columns: Vec<usize>,
+    unique: bool,
+    /// Whether a new (`pending`) delivery belongs in this index (its predicate holds).
+    takes_new_rows: bool,
+    info: *mut pg_sys::IndexInfo,
+}
+
+thread_local! {
+    static LAYOUT: RefCell<Option<Rc<Layout>>> = const { RefCell::new(None) };
+    static INDEXES: RefCell<HashMap<pg_sys::Oid, Rc<IndexSpec>>> = RefCell::new(HashMap::new());
+    static QUEUE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The layout is rebuilt after the queue table's relcache entry is invalidated (ALTER TABLE).
+/// Index specs are keyed by index OID, and an index's definition never changes under its OID.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    if relid == pg_sys::InvalidOid || relid == QUEUE.with(Cell::get) {
+        LAYOUT.with(|l| {
+            if let Ok(mut l) = l.try_borrow_mut() {
+                *l = None;
+            }
+        });
+    }
+}
+
+fn internal(message: String) -> ! {
+    WebhookError::WrongState(format!(
+        "{message}; the queue table webhook.delivery must keep the extension's own definition"
+    ))
+    .raise()
+}
+
+unsafe fn attribute_name(desc: pg_sys::TupleDesc, i: usize) -> Option<String> {
+    let attr = unsafe { &*(*desc).attrs.as_ptr().add(i) };
+    (!attr.attisdropped).then(|| {
+        unsafe { CStr::from_ptr(attr.attname.data.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+unsafe fn layout(rel: pg_sys::Relation) -> Rc<Layout> {
+    if let Some(l) = LAYOUT.with(|l| l.borrow().clone()) {
+        return l;
+    }
+    let desc = unsafe { (*rel).rd_att };
+    let natts = unsafe { (*desc).natts } as usize;
+    let mut positions: HashMap<String, usize> = HashMap::new();
+    for i in 0..natts {
+        if let Some(name) = unsafe { attribute_name(desc, i) } {
+            positions.insert(name, i);
+        }
+    }
+    let mut take = |name: &str| {
+        positions
+            .remove(name)
+            .unwrap_or_else(|| internal(format!("webhook.delivery has no column \"{name}\"")))
+    };
+    let layout = Layout {
+        natts,
+        id: take("id"),
+        endpoint_id: take("endpoint_id"),
+        subscription_id: take("subscription_id"),
+        table_name: take("table_name"),
+        operation: take("operation"),
+        payload: take("payload"),
+        status: take("status"),
+        attempts: take("attempts"),
+        cycle_start: take("cycle_start"),
+        next_attempt_at: take("next_attempt_at"),
+        created_at: take("created_at"),
+    };
+    for name in NULL_COLUMNS {
+        take(name);
+    }
+    if let Some(extra) = positions.keys().next() {
+        internal(format!(
+            "webhook.delivery has an unexpected column \"{extra}\""
+        ));
+    }
+    let layout = Rc::new(layout);
+    LAYOUT.with(|l| *l.borrow_mut() = Some(layout.clone()));
+    layout
+}
+
+/// Does `predicate` (an implicit-AND list) hold for the new row in `slot`?
+unsafe fn predicate_holds(predicate: *mut pg_sys::List, slot: *mut pg_sys::TupleTableSlot) -> bool {
+    unsafe {
+        let estate = pg_sys::CreateExecutorState();
+        let econtext = pg_sys::CreateExprContext(estate);
+        (*econtext).ecxt_scantuple = slot;
+        let state = pg_sys::ExecPrepareQual(predicate, estate);
+        let holds = pg_sys::ExecQual(state, econtext);
+        pg_sys::FreeExecutorState(estate);
+        holds
+    }
+}
+
+unsafe fn index_spec(
+    index: pg_sys::Relation,
+    heap: pg_sys::Relation,
+    layout: &Layout,
+    tuple: pg_sys::HeapTuple,
+) -> Rc<IndexSpec> {
+    let oid = unsafe { (*index).rd_id };
+    if let Some(spec) = INDEXES.with(|i| i.borrow().get(&oid).cloned()) {
+        return spec;
+    }
+    let name = unsafe { CStr::from_ptr((*(*index).rd_rel).relname.data.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    let form = unsafe { &*(*index).rd_index };
+    if form.indisexclusion || (form.indisunique && !form.indimmediate) {
+        internal(format!(
+            "index \"{name}\" on webhook.delivery is an exclusion or deferrable constraint"
+        ));
+    }
+    let keys = unsafe { form.indkey.values.as_slice(form.indnatts as usize) };
+    let columns = keys
+        .iter()
+        .map(|&attnum| {
+            if attnum <= 0 {
+                internal(format!(
+                    "index \"{name}\" on webhook.delivery indexes an expression"
+                ));
+            }
+            attnum as usize - 1
+        })
+        .collect();
+    let takes_new_rows = unsafe {
+        let predicate = pg_sys::RelationGetIndexPredicate(index);
+        if predicate.is_null() {
+            true
+        } else {
+            let mut used: *mut pg_sys::Bitmapset = std::ptr::null_mut();
+            pg_sys::pull_varattnos(predicate.cast(), 1, &mut used);
+            let status = layout.status as i32 + 1 - pg_sys::FirstLowInvalidHeapAttributeNumber;
+            let mut member = pg_sys::bms_next_member(used, -1);
+            while member >= 0 {
+                if member != status {
+                    internal(format!(
+                        "the predicate of index \"{name}\" on webhook.delivery tests a column other than status"
+                    ));
+                }
+                member = pg_sys::bms_next_member(used, member);
+            }
+            let slot = pg_sys::MakeSingleTupleTableSlot((*heap).rd_att, &pg_sys::TTSOpsHeapTuple);
+            pg_sys::ExecStoreHeapTuple(tuple, slot, false);
+            let holds = predicate_holds(predicate, slot);
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            holds
+        }
+    };
+    // IndexInfo lives as long as the backend; index AMs may keep state in it.
+    let info = unsafe {
+        let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+        let info = pg_sys::BuildIndexInfo(index);
+        pg_sys::MemoryContextSwitchTo(old);
+        info
+    };
+    let spec = Rc::new(IndexSpec {
+        columns,
+        unique: form.indisunique,
+        takes_new_rows,
+        info,
+    });
+    INDEXES.with(|i| i.borrow_mut().insert(oid, spec.clone()));
+    spec
+}
+
+fn text_datum(s: &str) -> pg_sys::Datum {
+    let text = unsafe { pg_sys::cstring_to_text_with_len(s.as_ptr().cast(), s.len() as i32) };
+    pg_sys::Datum::from(text)
+}
+
+fn register_invalidation_callback(queue: pg_sys::Oid) {
+    QUEUE.with(|q| q.set(queue));
+    CALLBACK_REGISTERED.with(|r| {
+        if !r.get() {
+            unsafe {
+                pg_sys::CacheRegisterRelcacheCallback(
+                    Some(on_relcache_invalidation),
+                    pg_sys::Datum::from(0),
+                )
+            };
+            r.set(true);
+        }
+    });
+}
+
+/// Insert one `pending` delivery into the queue table `queue` (webhook.delivery's OID).
+pub fn insert(queue: pg_sys::Oid, delivery: &NewDelivery) {
+    register_invalidation_callback(queue);
+    let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    unsafe {
+        let heap = pg_sys::table_open(queue, lock);
+        let layout = layout(heap);
+        let mut values = vec![pg_sys::Datum::from(0); layout.natts];
+        let mut nulls = vec![true; layout.natts];
+        let now = pg_sys::GetCurrentTransactionStartTimestamp();
+        let mut set = |i: usize, value: pg_sys::Datum| {
+            values[i] = value;
+            nulls[i] = false;
+        };
+        set(layout.id, delivery.id.into());
+        set(layout.endpoint_id, delivery.endpoint_id.into());
+        if let Some(s) = delivery.subscription_id {
+            set(layout.subscription_id, s.into());
+        }
+        set(layout.table_name, text_datum(delivery.table_name));
+        set(layout.operation, text_datum(delivery.operation));
+        set(layout.payload, text_datum(delivery.payload));
+        set(layout.status, text_datum("pending"));
+        set(layout.attempts, 0i32.into());
+        set(layout.cycle_start, 0i32.into());
+        set(layout.next_attempt_at, now.into());
+        set(layout.created_at, now.into());
+        let tuple =
+            pg_sys::heap_form_tuple((*heap).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::simple_heap_insert(heap, tuple);
+
+        let indexes = pg_sys::RelationGetIndexList(heap);
+        for n in 0..pg_sys::list_length(indexes) {
+            let index = pg_sys::index_open(pg_sys::list_nth_oid(indexes, n), lock);
+            // An index still being built concurrently is not ready for inserts yet.
+            if (*(*index).rd_index).indisready {
+                let spec = index_spec(index, heap, &layout, tuple);
+                if spec.takes_new_rows {
+                    let mut key: Vec<pg_sys::Datum> =
+                        spec.columns.iter().map(|&c| values[c]).collect();
+                    let mut key_nulls: Vec<bool> = spec.columns.iter().map(|&c| nulls[c]).collect();
+                    let check = if spec.unique {
+                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+                    } else {
+                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
+                    };
+                    pg_sys::index_insert(
+                        index,
+                        key.as_mut_ptr(),
+                        key_nulls.as_mut_ptr(),
+                        &mut (*tuple).t_self,
+                        heap,
+                        check,
+                        false,
+                        spec.info,
+                    );
+                }
+            }
+            pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+        pg_sys::list_free(indexes);
+        pg_sys::heap_freetuple(tuple);
+        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+}
