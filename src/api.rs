@@ -80,6 +80,19 @@ fn invalidate_capture_plans(relid: pg_sys::Oid) {
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
 }
 
+/// Every backend's capture plans hold endpoint ids, formats and enabled flags: make them all
+/// rebuild after this transaction commits.
+fn invalidate_endpoint_caches(client: &SpiClient) {
+    let endpoint_table = client
+        .select("SELECT 'webhook.endpoint'::regclass::oid", None, &[])
+        .expect("endpoint table look-up")
+        .first()
+        .get_one::<pg_sys::Oid>()
+        .expect("endpoint table look-up")
+        .expect("endpoint table exists");
+    invalidate_capture_plans(endpoint_table);
+}
+
 /// Make the table's `webhook_capture` trigger name exactly the endpoints subscribed to it.
 fn sync_trigger(client: &mut SpiClient, relid: pg_sys::Oid) {
     let table: String = client
@@ -228,9 +241,7 @@ fn alter_endpoint(
                     ],
                 )
                 .expect("updating the endpoint");
-            for relid in watched_tables(client, id) {
-                invalidate_capture_plans(relid);
-            }
+            invalidate_endpoint_caches(client);
             Ok(())
         })?;
         shmem::wake_workers_at_commit();
@@ -309,6 +320,7 @@ fn drop_endpoint(name: Option<&str>) {
                     &[id.into()],
                 )
                 .expect("deleting the endpoint");
+            invalidate_endpoint_caches(client);
             Ok(())
         })
     };

@@ -18,6 +18,8 @@ use std::rc::Rc;
 struct Target {
     endpoint_id: i64,
     endpoint_name: String,
+    /// A disabled endpoint still captures, but its deliveries need no worker wake-up.
+    enabled: bool,
     format: Format,
     subscription_id: Option<i64>,
     shape: Shape,
@@ -37,10 +39,12 @@ thread_local! {
     static PLANS: RefCell<HashMap<pg_sys::Oid, Rc<Plan>>> = RefCell::new(HashMap::new());
     static GENERATION: Cell<u64> = const { Cell::new(0) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+    /// webhook.endpoint's OID: the API invalidates its relcache entry when an endpoint changes.
+    static ENDPOINT_TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
 const TARGETS_SQL: &str =
-    "SELECT e.id, e.name, e.format, s.id, s.events, s.columns, s.rename::pg_catalog.text,
+    "SELECT e.id, e.name, e.format, e.enabled, s.id, s.events, s.columns, s.rename::pg_catalog.text,
         s.redact, s.lookup, s.visibility_column, s.name
     FROM webhook.endpoint e
     LEFT JOIN webhook.subscription s ON s.endpoint_id OPERATOR(pg_catalog.=) e.id
@@ -51,16 +55,18 @@ const TARGETS_SQL: &str =
 const OWNER_SQL: &str = "SELECT e.extowner FROM pg_catalog.pg_extension e
     WHERE e.extname OPERATOR(pg_catalog.=) 'webhook'";
 const QUEUE_SQL: &str = "SELECT 'webhook.delivery'::pg_catalog.regclass::pg_catalog.oid,
-    'webhook.delivery_id_seq'::pg_catalog.regclass::pg_catalog.oid";
+    'webhook.delivery_id_seq'::pg_catalog.regclass::pg_catalog.oid,
+    'webhook.endpoint'::pg_catalog.regclass::pg_catalog.oid";
 
-/// Plans are dropped whenever PostgreSQL invalidates the watched table's relcache entry: its
-/// columns or triggers changed, or the API changed one of its subscriptions.
+/// Plans are dropped whenever PostgreSQL invalidates the watched table's relcache entry (its
+/// columns or triggers changed, or the API changed one of its subscriptions), and all of them
+/// when the API invalidates webhook.endpoint's (an endpoint changed).
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     GENERATION.with(|g| g.set(g.get() + 1));
     PLANS.with(|p| {
         if let Ok(mut plans) = p.try_borrow_mut() {
-            if relid == pg_sys::InvalidOid {
+            if relid == pg_sys::InvalidOid || relid == ENDPOINT_TABLE.with(Cell::get) {
                 plans.clear();
             } else {
                 plans.retain(|_, plan| plan.relid != relid);
@@ -110,14 +116,15 @@ fn build_plan(trigger_name: &str, relid: pg_sys::Oid, endpoint_names: &[String])
     let queue_owner = queue_owner();
     let ((queue, sequence), targets) = as_user(queue_owner, || {
         Spi::connect(|c| {
-            let (queue, sequence) = c
+            let (queue, sequence, endpoint_table) = c
                 .select(QUEUE_SQL, None, &[])
                 .expect("queue look-up")
                 .first()
-                .get_two::<pg_sys::Oid, pg_sys::Oid>()
+                .get_three::<pg_sys::Oid, pg_sys::Oid, pg_sys::Oid>()
                 .expect("queue look-up");
             let queue = queue.expect("queue table exists");
             let sequence = sequence.expect("sequence exists");
+            ENDPOINT_TABLE.with(|e| e.set(endpoint_table.expect("endpoint table exists")));
             let targets = endpoint_names
                 .iter()
                 .map(|name| {
@@ -132,7 +139,7 @@ fn build_plan(trigger_name: &str, relid: pg_sys::Oid, endpoint_names: &[String])
                         }
                         .raise();
                     };
-                    let subscription_id: Option<i64> = row.get(4).expect("subscription id");
+                    let subscription_id: Option<i64> = row.get(5).expect("subscription id");
                     let options = match subscription_id {
                         None => Options {
                             events: Events::ALL.to_list(),
@@ -140,17 +147,17 @@ fn build_plan(trigger_name: &str, relid: pg_sys::Oid, endpoint_names: &[String])
                             ..Default::default()
                         },
                         Some(_) => Options {
-                            events: row.get(5).expect("events").unwrap_or_default(),
-                            columns: row.get(6).expect("columns"),
+                            events: row.get(6).expect("events").unwrap_or_default(),
+                            columns: row.get(7).expect("columns"),
                             rename: row
-                                .get::<String>(7)
+                                .get::<String>(8)
                                 .expect("rename")
                                 .and_then(|r| serde_json::from_str(&r).ok())
                                 .unwrap_or_else(|| serde_json::json!({})),
-                            redact: row.get(8).expect("redact").unwrap_or_default(),
-                            lookup: row.get(9).expect("lookup"),
-                            visibility_column: row.get(10).expect("visibility_column"),
-                            name: row.get(11).expect("name"),
+                            redact: row.get(9).expect("redact").unwrap_or_default(),
+                            lookup: row.get(10).expect("lookup"),
+                            visibility_column: row.get(11).expect("visibility_column"),
+                            name: row.get(12).expect("name"),
                         },
                     };
                     let shape = options
@@ -166,6 +173,7 @@ fn build_plan(trigger_name: &str, relid: pg_sys::Oid, endpoint_names: &[String])
                     Target {
                         endpoint_id: row.get(1).expect("endpoint id").expect("endpoint id is not null"),
                         endpoint_name: name.clone(),
+                        enabled: row.get(4).expect("enabled").unwrap_or(true),
                         format: Format::parse(&format).unwrap_or(Format::Rownd),
                         subscription_id,
                         shape,
@@ -335,6 +343,8 @@ fn capture<'a>(
             },
         );
     }
-    shmem::wake_workers_at_commit();
+    if plan.targets.iter().filter(wanted).any(|t| t.enabled) {
+        shmem::wake_workers_at_commit();
+    }
     Ok(None)
 }

@@ -130,8 +130,12 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = guc::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    // Claims are small index scans; JIT compilation would cost more than it saves.
-    BackgroundWorker::transaction(|| Spi::run("SET jit = off").expect("SET jit"));
+    // Claims are small index scans: JIT compilation would cost more than it saves, and one
+    // generic plan per prepared statement saves planning on every claim.
+    BackgroundWorker::transaction(|| {
+        Spi::run("SET jit = off").expect("SET jit");
+        Spi::run("SET plan_cache_mode = force_generic_plan").expect("SET plan_cache_mode");
+    });
     shmem::publish_latch(slot);
     log!("webhook delivery worker {slot} started in database \"{database}\"");
 

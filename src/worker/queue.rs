@@ -4,8 +4,11 @@
 use super::sender::{Destination, Job, Outcome};
 use crate::schedule::{self, Next};
 use pgrx::prelude::*;
-use pgrx::JsonB;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{JsonB, PgBuiltInOids, PgOid};
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,6 +107,85 @@ SELECT count(*) FROM gone";
 const READY_SQL: &str =
     "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'webhook')";
 
+/// The worker's statements, parsed and planned once per worker (the claim runs hundreds of
+/// times a second under load; planning it each time cost more than running it).
+struct Statements {
+    claim: OwnedPreparedStatement,
+    destinations: OwnedPreparedStatement,
+    record: OwnedPreparedStatement,
+    health: OwnedPreparedStatement,
+    next_due: OwnedPreparedStatement,
+    retention: OwnedPreparedStatement,
+}
+
+thread_local! {
+    static STATEMENTS: RefCell<Option<Rc<Statements>>> = const { RefCell::new(None) };
+}
+
+/// Prepared on first use, inside the caller's transaction, once the extension exists.
+fn statements() -> Rc<Statements> {
+    if let Some(s) = STATEMENTS.with(|s| s.borrow().clone()) {
+        return s;
+    }
+    let t = |oid: PgBuiltInOids| PgOid::BuiltIn(oid);
+    let prepared = Spi::connect(|c| {
+        let write = |sql: &str, args: &[PgOid]| {
+            c.prepare_mut(sql, args)
+                .unwrap_or_else(|e| panic!("preparing a worker statement: {e}"))
+                .keep()
+        };
+        let read = |sql: &str, args: &[PgOid]| {
+            c.prepare(sql, args)
+                .unwrap_or_else(|e| panic!("preparing a worker statement: {e}"))
+                .keep()
+        };
+        Statements {
+            claim: write(
+                CLAIM_SQL,
+                &[
+                    t(PgBuiltInOids::INT8OID),
+                    t(PgBuiltInOids::FLOAT8OID),
+                    t(PgBuiltInOids::INT4OID),
+                    t(PgBuiltInOids::INT8ARRAYOID),
+                    t(PgBuiltInOids::INT4ARRAYOID),
+                ],
+            ),
+            destinations: read(DESTINATIONS_SQL, &[t(PgBuiltInOids::INT8ARRAYOID)]),
+            record: write(
+                RECORD_SQL,
+                &[
+                    t(PgBuiltInOids::INT8ARRAYOID),
+                    t(PgBuiltInOids::INT4ARRAYOID),
+                    t(PgBuiltInOids::FLOAT8ARRAYOID),
+                    t(PgBuiltInOids::FLOAT8ARRAYOID),
+                    t(PgBuiltInOids::INT4ARRAYOID),
+                    t(PgBuiltInOids::TEXTARRAYOID),
+                    t(PgBuiltInOids::TEXTARRAYOID),
+                    t(PgBuiltInOids::FLOAT8ARRAYOID),
+                    t(PgBuiltInOids::TEXTARRAYOID),
+                ],
+            ),
+            health: write(
+                HEALTH_SQL,
+                &[
+                    t(PgBuiltInOids::INT8ARRAYOID),
+                    t(PgBuiltInOids::BOOLARRAYOID),
+                    t(PgBuiltInOids::INT4ARRAYOID),
+                    t(PgBuiltInOids::BOOLARRAYOID),
+                ],
+            ),
+            next_due: read(NEXT_DUE_SQL, &[]),
+            retention: write(
+                RETENTION_SQL,
+                &[t(PgBuiltInOids::INT4OID), t(PgBuiltInOids::INT8OID)],
+            ),
+        }
+    });
+    let prepared = Rc::new(prepared);
+    STATEMENTS.with(|s| *s.borrow_mut() = Some(prepared.clone()));
+    prepared
+}
+
 /// Is the extension created in this database?
 pub fn ready() -> bool {
     Spi::get_one::<bool>(READY_SQL)
@@ -126,10 +208,11 @@ pub fn claim(limit: i64, lease: Duration, timeout: Duration, caps: &Caps) -> Vec
         .filter(|(_, n)| **n > 0)
         .map(|(e, n)| (*e, *n as i32))
         .unzip();
+    let statements = statements();
     Spi::connect_mut(|client| {
         let rows = client
             .update(
-                CLAIM_SQL,
+                &statements.claim,
                 None,
                 &[
                     limit.into(),
@@ -159,7 +242,7 @@ pub fn claim(limit: i64, lease: Duration, timeout: Duration, caps: &Caps) -> Vec
         endpoint_ids.sort_unstable();
         endpoint_ids.dedup();
         let destinations: HashMap<i64, Arc<Destination>> = client
-            .select(DESTINATIONS_SQL, None, &[endpoint_ids.into()])
+            .select(&statements.destinations, None, &[endpoint_ids.into()])
             .expect("loading endpoints")
             .map(|r| {
                 let id: i64 = r.get(1).expect("id").unwrap_or_default();
@@ -205,7 +288,14 @@ pub fn claim(limit: i64, lease: Duration, timeout: Duration, caps: &Caps) -> Vec
 
 /// Seconds until the next delivery falls due (negative when overdue), if any is queued.
 pub fn next_due() -> Option<f64> {
-    Spi::get_one::<f64>(NEXT_DUE_SQL).ok().flatten()
+    let statements = statements();
+    Spi::connect(|client| {
+        client
+            .select(&statements.next_due, None, &[])
+            .and_then(|rows| rows.first().get_one::<f64>())
+            .ok()
+            .flatten()
+    })
 }
 
 /// Record finished attempts: one attempt row each, the delivery's next state, endpoint health.
@@ -253,10 +343,11 @@ pub fn record(outcomes: &[Outcome], delays: &[Duration]) {
         h_trailing.push(trailing);
         h_failed.push(failed);
     }
+    let statements = statements();
     Spi::connect_mut(|client| {
         client
             .update(
-                RECORD_SQL,
+                &statements.record,
                 None,
                 &[
                     ids.into(),
@@ -273,7 +364,7 @@ pub fn record(outcomes: &[Outcome], delays: &[Duration]) {
             .expect("recording attempts");
         client
             .update(
-                HEALTH_SQL,
+                &statements.health,
                 None,
                 &[
                     h_ids.into(),
@@ -288,9 +379,14 @@ pub fn record(outcomes: &[Outcome], delays: &[Duration]) {
 
 /// Delete up to `limit` delivered deliveries older than `retention_secs`; returns how many.
 pub fn purge_delivered(retention_secs: i32, limit: i64) -> i64 {
+    let statements = statements();
     Spi::connect_mut(|client| {
         client
-            .update(RETENTION_SQL, None, &[retention_secs.into(), limit.into()])
+            .update(
+                &statements.retention,
+                None,
+                &[retention_secs.into(), limit.into()],
+            )
             .expect("retention purge")
             .first()
             .get_one::<i64>()

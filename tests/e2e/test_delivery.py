@@ -393,6 +393,29 @@ def test_disabled_endpoint_keeps_capturing(db, receiver, name):
     wait_status(db, did, "delivered")
 
 
+def test_endpoint_changes_reach_other_sessions_capture_plans(cluster, db, receiver, name):
+    """Capture plans are cached per session; an endpoint change made elsewhere must reach them:
+    a session that captured while the endpoint was disabled wakes the worker once it is enabled
+    (delivery well inside the worker's 1 s idle poll), and a format change applies at once."""
+    watched(db, receiver, name)
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (name,))
+    with cluster.connect() as writer:
+        writer.execute(f"INSERT INTO {name} VALUES (1, 'while disabled')")  # plan cached: disabled
+        time.sleep(0.3)
+        assert receiver.received(f"/ok/{name}") == []
+        db.execute("SELECT webhook.alter_endpoint(%s, enabled => true)", (name,))
+        receiver.wait_for(1, f"/ok/{name}")
+        for attempt in range(5):
+            writer.execute(f"INSERT INTO {name} VALUES (%s, 'after enable')", (10 + attempt,))
+            started = time.monotonic()
+            receiver.wait_for(2 + attempt, f"/ok/{name}")
+            assert time.monotonic() - started < 0.5, "the commit did not wake the worker"
+        db.execute("SELECT webhook.alter_endpoint(%s, format => 'census')", (name,))
+        writer.execute(f"INSERT INTO {name} VALUES (2, 'census')")
+        last = by_id(receiver.wait_for(7, f"/ok/{name}"))[-1].json()
+        assert last["operation"] == "changed" and last["data"] == [{"id": 2, "v": "census"}]
+
+
 def test_ordinary_role_captures_but_cannot_see_the_queue(cluster, db, receiver, name):
     watched(db, receiver, name)
     db.execute(f"CREATE ROLE {name}_app LOGIN")
