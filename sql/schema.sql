@@ -64,8 +64,9 @@ CREATE TABLE webhook.delivery (
     delivered_at     timestamptz
 );
 ALTER SEQUENCE webhook.delivery_id_seq OWNED BY webhook.delivery.id;
--- The worker claims per enabled endpoint, oldest due first.
-CREATE INDEX delivery_due ON webhook.delivery (endpoint_id, next_attempt_at)
+-- The worker claims per enabled endpoint, oldest due first; id makes the order total, so a claim
+-- can resume after the last row it took.
+CREATE INDEX delivery_due ON webhook.delivery (endpoint_id, next_attempt_at, id)
     WHERE status IN ('pending', 'delivering');
 
 -- Retention finds old delivered rows without scanning the queue.

@@ -26,6 +26,9 @@ const RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// Rows deleted per retention transaction, and at most per pass (so the loop stays responsive).
 const RETENTION_BATCH: i64 = 10_000;
 const RETENTION_PASS_MAX: i64 = 200_000;
+/// How often every claim cursor is dropped, so a full scan finds rows committed late with an
+/// earlier time (a long transaction's captures, a redelivery).
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
 /// How long a stopping worker waits for requests in flight before leaving them to lease expiry.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -130,8 +133,8 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = guc::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    // Claims are small index scans: JIT compilation would cost more than it saves, and one
-    // generic plan per prepared statement saves planning on every claim.
+    // Claims are small index scans: JIT compilation would cost more than it saves. Each statement
+    // is planned once (its SQL is written so that the generic plan uses the right index).
     BackgroundWorker::transaction(|| {
         Spi::run("SET jit = off").expect("SET jit");
         Spi::run("SET plan_cache_mode = force_generic_plan").expect("SET plan_cache_mode");
@@ -145,6 +148,8 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
     let mut in_flight: HashMap<i64, usize> = HashMap::new();
     let mut ready = false;
     let mut last_retention: Option<Instant> = None;
+    let mut cursors = queue::Cursors::default();
+    let mut last_rescan = Instant::now();
     while !shutdown_requested() {
         if reload_config_if_asked() {
             *policy.write().unwrap_or_else(|p| p.into_inner()) = guc::network_policy();
@@ -178,12 +183,22 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
                 per_endpoint: settings.per_endpoint,
                 in_flight: &in_flight,
             };
-            let (jobs, next_due) = BackgroundWorker::transaction(|| {
-                let jobs = queue::claim(limit, lease, settings.timeout, &caps);
-                let next_due = if (jobs.len() as i64) < limit {
+            if last_rescan.elapsed() >= RESCAN_EVERY {
+                cursors.clear();
+                last_rescan = Instant::now();
+            }
+            // An error ends the worker process, so the cursors cannot be seen half-updated.
+            let mut cursors = std::panic::AssertUnwindSafe(&mut cursors);
+            let (jobs, next_due) = BackgroundWorker::transaction(move || {
+                let jobs = queue::claim(limit, lease, settings.timeout, &caps, &mut cursors);
+                // While requests are in flight their outcomes wake the loop; the next due time
+                // (a scan from the front of the index) matters only to an idle worker.
+                let next_due = if (jobs.len() as i64) >= limit {
+                    Some(0.0)
+                } else if jobs.is_empty() && total_in_flight == 0 {
                     queue::next_due()
                 } else {
-                    Some(0.0)
+                    None
                 };
                 (jobs, next_due)
             });

@@ -3,6 +3,7 @@
 
 use super::sender::{Destination, Job, Outcome};
 use crate::schedule::{self, Next};
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{JsonB, PgBuiltInOids, PgOid};
@@ -16,40 +17,50 @@ const CLAIM_SQL: &str = "
 WITH due AS (
     -- Per enabled endpoint, through delivery_due: a disabled endpoint's backlog is never scanned,
     -- and no endpoint gets more than $3 requests in flight ($4/$5: what each already has).
-    SELECT d.id, d.status
+    -- Each endpoint's scan starts after its cursor ($6/$7/$8: the last row claimed), so it does
+    -- not walk the index entries that claimed and delivered rows leave behind until VACUUM.
+    SELECT d.id, d.status, d.attempts, d.next_attempt_at
     FROM webhook.endpoint e
+    LEFT JOIN unnest($6::int8[], $7::timestamptz[], $8::int8[]) AS c(endpoint_id, after_at, after_id)
+           ON c.endpoint_id = e.id
     CROSS JOIN LATERAL (
-        SELECT d.id, d.status, d.next_attempt_at FROM webhook.delivery d
+        SELECT d.id, d.status, d.attempts, d.next_attempt_at FROM webhook.delivery d
         WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'delivering')
           AND d.next_attempt_at <= now()
-        ORDER BY d.next_attempt_at
+          AND (d.next_attempt_at, d.id) > (coalesce(c.after_at, '-infinity'), coalesce(c.after_id, 0))
+        ORDER BY d.next_attempt_at, d.id
         LIMIT greatest(0, least($1, $3 - coalesce(
             (SELECT b.n FROM unnest($4::int8[], $5::int4[]) AS b(id, n) WHERE b.id = e.id), 0)))
         FOR UPDATE SKIP LOCKED
     ) d
     WHERE e.enabled
-    ORDER BY d.next_attempt_at
+    ORDER BY d.next_attempt_at, d.id
     LIMIT $1
 ), claimed AS (
+    -- By primary key: rows `due` locked cannot change before this update.
     UPDATE webhook.delivery d
     SET status = 'delivering', attempts = d.attempts + 1,
         next_attempt_at = now() + $2 * interval '1 millisecond'
-    FROM due WHERE d.id = due.id
-    RETURNING d.id, d.endpoint_id, d.attempts, d.cycle_start, d.payload, due.status AS was
+    WHERE d.id = ANY (ARRAY(SELECT due.id FROM due))
+    RETURNING d.id, d.endpoint_id, d.attempts, d.cycle_start, d.payload
 ), lost AS (
+    -- A row still `delivering` had its lease expire: its attempt never got an outcome.
     INSERT INTO webhook.attempt (delivery_id, attempt, started_at, error)
-    SELECT id, attempts - 1, now(),
+    SELECT id, attempts, now(),
            'no outcome recorded: the worker stopped during this attempt and its lease expired'
-    FROM claimed WHERE was = 'delivering'
+    FROM due WHERE status = 'delivering'
     ON CONFLICT DO NOTHING
 )
-SELECT id, endpoint_id, attempts, cycle_start, payload FROM claimed";
+SELECT c.id, c.endpoint_id, c.attempts, c.cycle_start, c.payload, due.next_attempt_at
+FROM claimed c JOIN due ON due.id = c.id";
 
 const DESTINATIONS_SQL: &str = "
 SELECT id, url, method, headers, secret,
        CASE WHEN previous_secret_expires_at > now() THEN previous_secret END
 FROM webhook.endpoint WHERE id = ANY($1)";
 
+// `d.id = ANY($1)` beside each join on the arrays keeps every plan, generic ones included, on
+// the primary key: a plan that cannot see the arrays' length might otherwise hash the queue.
 const RECORD_SQL: &str = "
 WITH r AS (
     SELECT * FROM unnest($1::int8[], $2::int4[], $3::float8[], $4::float8[], $5::int4[],
@@ -59,7 +70,7 @@ WITH r AS (
     INSERT INTO webhook.attempt
         (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body)
     SELECT r.id, r.attempt, to_timestamp(r.started), r.duration_ms, r.status_code, r.error, r.body
-    FROM r WHERE EXISTS (SELECT 1 FROM webhook.delivery d WHERE d.id = r.id)
+    FROM r WHERE EXISTS (SELECT 1 FROM webhook.delivery d WHERE d.id = r.id AND d.id = ANY($1))
     ON CONFLICT DO NOTHING
 )
 UPDATE webhook.delivery d SET
@@ -71,7 +82,7 @@ UPDATE webhook.delivery d SET
     last_error = r.error,
     delivered_at = CASE WHEN r.next = 'delivered' THEN now() ELSE d.delivered_at END
 FROM r
-WHERE d.id = r.id AND d.attempts = r.attempt AND d.status = 'delivering'";
+WHERE d.id = r.id AND d.id = ANY($1) AND d.attempts = r.attempt AND d.status = 'delivering'";
 
 const HEALTH_SQL: &str = "
 UPDATE webhook.endpoint e SET
@@ -80,7 +91,7 @@ UPDATE webhook.endpoint e SET
     last_success_at = CASE WHEN u.succeeded THEN now() ELSE e.last_success_at END,
     last_failure_at = CASE WHEN u.failed THEN now() ELSE e.last_failure_at END
 FROM unnest($1::int8[], $2::bool[], $3::int4[], $4::bool[]) AS u(id, succeeded, trailing_failures, failed)
-WHERE e.id = u.id";
+WHERE e.id = u.id AND e.id = ANY($1)";
 
 const NEXT_DUE_SQL: &str = "
 SELECT extract(epoch FROM min(d.next_attempt_at) - now())::float8
@@ -148,6 +159,9 @@ fn statements() -> Rc<Statements> {
                     t(PgBuiltInOids::INT4OID),
                     t(PgBuiltInOids::INT8ARRAYOID),
                     t(PgBuiltInOids::INT4ARRAYOID),
+                    t(PgBuiltInOids::INT8ARRAYOID),
+                    t(PgBuiltInOids::TIMESTAMPTZARRAYOID),
+                    t(PgBuiltInOids::INT8ARRAYOID),
                 ],
             ),
             destinations: read(DESTINATIONS_SQL, &[t(PgBuiltInOids::INT8ARRAYOID)]),
@@ -200,14 +214,48 @@ pub struct Caps<'a> {
     pub in_flight: &'a HashMap<i64, usize>,
 }
 
+impl Caps<'_> {
+    /// How many deliveries a claim of `limit` may take for `endpoint`.
+    fn allowance(&self, endpoint: i64, limit: i64) -> i64 {
+        let busy = self.in_flight.get(&endpoint).copied().unwrap_or(0) as i64;
+        (self.per_endpoint as i64 - busy).min(limit).max(0)
+    }
+}
+
+/// Per endpoint, the last delivery claimed (`next_attempt_at` as it was, id): the next claim
+/// scans from there. A cursor is dropped when its endpoint's scan comes up short, and all of
+/// them periodically, so that rows committed late with an earlier time are found by a full scan.
+#[derive(Default)]
+pub struct Cursors(HashMap<i64, (TimestampWithTimeZone, i64)>);
+
+impl Cursors {
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// Claim up to `limit` due deliveries; each becomes a job leased for `lease`.
-pub fn claim(limit: i64, lease: Duration, timeout: Duration, caps: &Caps) -> Vec<Job> {
+pub fn claim(
+    limit: i64,
+    lease: Duration,
+    timeout: Duration,
+    caps: &Caps,
+    cursors: &mut Cursors,
+) -> Vec<Job> {
     let (busy_ids, busy_counts): (Vec<i64>, Vec<i32>) = caps
         .in_flight
         .iter()
         .filter(|(_, n)| **n > 0)
         .map(|(e, n)| (*e, *n as i32))
         .unzip();
+    let mut cursor_ids = Vec::new();
+    let mut cursor_at = Vec::new();
+    let mut cursor_last = Vec::new();
+    for (endpoint, (at, id)) in &cursors.0 {
+        cursor_ids.push(*endpoint);
+        cursor_at.push(*at);
+        cursor_last.push(*id);
+    }
     let statements = statements();
     Spi::connect_mut(|client| {
         let rows = client
@@ -220,21 +268,41 @@ pub fn claim(limit: i64, lease: Duration, timeout: Duration, caps: &Caps) -> Vec
                     caps.per_endpoint.into(),
                     busy_ids.into(),
                     busy_counts.into(),
+                    cursor_ids.into(),
+                    cursor_at.into(),
+                    cursor_last.into(),
                 ],
             )
             .expect("claiming deliveries");
+        let mut claimed_per_endpoint: HashMap<i64, i64> = HashMap::new();
         let claimed: Vec<(i64, i64, i32, i32, String)> = rows
             .into_iter()
             .map(|r| {
+                let id: i64 = r.get(1).expect("id").unwrap_or_default();
+                let endpoint_id: i64 = r.get(2).expect("endpoint_id").unwrap_or_default();
+                let was_due: Option<TimestampWithTimeZone> = r.get(6).expect("was_due");
+                *claimed_per_endpoint.entry(endpoint_id).or_default() += 1;
+                if let Some(at) = was_due {
+                    let cursor = cursors.0.entry(endpoint_id).or_insert((at, id));
+                    if (at, id) > *cursor {
+                        *cursor = (at, id);
+                    }
+                }
                 (
-                    r.get(1).expect("id").unwrap_or_default(),
-                    r.get(2).expect("endpoint_id").unwrap_or_default(),
+                    id,
+                    endpoint_id,
                     r.get(3).expect("attempts").unwrap_or_default(),
                     r.get(4).expect("cycle_start").unwrap_or_default(),
                     r.get(5).expect("payload").unwrap_or_default(),
                 )
             })
             .collect();
+        // An endpoint that got fewer rows than it was allowed has nothing more due after its
+        // cursor: its next claim scans from the start.
+        cursors.0.retain(|endpoint, _| {
+            claimed_per_endpoint.get(endpoint).copied().unwrap_or(0)
+                >= caps.allowance(*endpoint, limit)
+        });
         if claimed.is_empty() {
             return Vec::new();
         }
