@@ -41,6 +41,7 @@ thread_local! {
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
     /// webhook.endpoint's OID: the API invalidates its relcache entry when an endpoint changes.
     static ENDPOINT_TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    static OCCURRED_AT: RefCell<Option<(i64, Rc<str>)>> = const { RefCell::new(None) };
 }
 
 const TARGETS_SQL: &str =
@@ -234,16 +235,28 @@ fn parse_row(json: &str) -> Row<'_> {
     Row::parse(json).expect("row_to_json returns a JSON object")
 }
 
-fn occurred_at() -> String {
+/// The capturing transaction's start time, RFC 3339; formatted once per transaction.
+fn occurred_at() -> Rc<str> {
     let pg_epoch_us = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    let unix_ns = (pg_epoch_us as i128 + 946_684_800_000_000) * 1000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    OCCURRED_AT.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if let Some((at, text)) = &*cached {
+            if *at == pg_epoch_us {
+                return text.clone();
+            }
+        }
+        let unix_ns = (pg_epoch_us as i128 + 946_684_800_000_000) * 1000;
+        let text: Rc<str> = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default()
+            .into();
+        *cached = Some((pg_epoch_us, text.clone()));
+        text
+    })
 }
 
 #[pg_trigger]
