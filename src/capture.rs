@@ -1,7 +1,8 @@
 //! The capture trigger: row -> payload -> queue insert, in the writer's transaction. No I/O.
 //!
-//! Runs as whatever role writes the table; the queue writes run as the owner of the queue table
-//! (the way PostgreSQL's own foreign-key triggers switch user), with every operator qualified.
+//! Runs as whatever role writes the table. Queue rows are written without SQL (`enqueue`); the
+//! subscription look-ups (once per session) and `nextval` run as the owner of the queue table,
+//! the way PostgreSQL's own foreign-key triggers switch user, with every operator qualified.
 
 use crate::endpoint::Format;
 use crate::enqueue::{self, NewDelivery};

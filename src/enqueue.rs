@@ -28,6 +28,8 @@ pub struct NewDelivery<'a> {
 
 /// Where each column this module fills sits in the queue table's tuple (0-based).
 struct Layout {
+    /// The queue table this layout was read from.
+    relid: pg_sys::Oid,
     natts: usize,
     id: usize,
     endpoint_id: usize,
@@ -92,8 +94,11 @@ unsafe fn attribute_name(desc: pg_sys::TupleDesc, i: usize) -> Option<String> {
 }
 
 unsafe fn layout(rel: pg_sys::Relation) -> Rc<Layout> {
+    let relid = unsafe { (*rel).rd_id };
     if let Some(l) = LAYOUT.with(|l| l.borrow().clone()) {
-        return l;
+        if l.relid == relid {
+            return l;
+        }
     }
     let desc = unsafe { (*rel).rd_att };
     let natts = unsafe { (*desc).natts } as usize;
@@ -109,6 +114,7 @@ unsafe fn layout(rel: pg_sys::Relation) -> Rc<Layout> {
             .unwrap_or_else(|| internal(format!("webhook.delivery has no column \"{name}\"")))
     };
     let layout = Layout {
+        relid,
         natts,
         id: take("id"),
         endpoint_id: take("endpoint_id"),

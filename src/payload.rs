@@ -427,6 +427,40 @@ mod tests {
     }
 
     #[test]
+    fn names_and_values_with_escapes_round_trip() {
+        let table = TableShape {
+            qualified_name: "public.odd".into(),
+            schema: "public".into(),
+            table: "odd".into(),
+            columns: vec![("a\"b\\c".into(), false), ("id".into(), false)],
+            primary_key: vec!["id".into()],
+        };
+        let shape = Options {
+            rename: json!({"id": "key\u{e9}\n"}),
+            ..opts()
+        }
+        .resolve(&table)
+        .unwrap();
+        let text = json!({"a\"b\\c": "line\nbreak \"quoted\" \u{1f600}", "id": [1, {"x": null}]})
+            .to_string();
+        let row = Row::parse(&text).unwrap();
+        let change = Change {
+            op: Op::Insert,
+            old: None,
+            new: Some(&row),
+        };
+        let body = parse(rownd(&shape, &table, &change, &META));
+        assert_eq!(
+            body["data"],
+            json!({"a\"b\\c": "line\nbreak \"quoted\" \u{1f600}", "key\u{e9}\n": [1, {"x": null}]})
+        );
+        assert_eq!(
+            body["meta"]["lookup_values"],
+            json!([{"field": "key\u{e9}\n", "value": [1, {"x": null}]}])
+        );
+    }
+
+    #[test]
     fn numbers_keep_their_exact_text() {
         let r = Row::parse(r#"{"user_id": 12345678901234567890.123456789}"#).unwrap();
         let shape = Options {

@@ -1,0 +1,74 @@
+"""The capture trigger writes webhook.delivery without the executor (src/enqueue.rs): its heap
+and index inserts must leave every index complete, keep up with indexes added later, and refuse
+loudly a queue table it cannot write correctly."""
+import psycopg
+import pytest
+
+from conftest import endpoint, make_table, one
+
+INDEXES = ("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+           " WHERE i.indrelid = 'webhook.delivery'::regclass ORDER BY 1")
+
+
+def check_indexes(db):
+    """amcheck: every index is well formed and holds every heap row it should (its predicate
+    applied); returns the index names checked."""
+    names = [r[0] for r in db.execute(INDEXES)]
+    for index in names:
+        db.execute("SELECT bt_index_check(%s::regclass, heapallindexed => true)", (f"webhook.{index}",))
+    return names
+
+
+def capture_some(db, name):
+    make_table(db, name, "id int PRIMARY KEY, v text")
+    endpoint(db, name, "http://127.0.0.1:9/unused")
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (name,))
+    db.execute("SELECT webhook.watch(%s, %s)", (name, name))
+    db.execute(f"INSERT INTO {name} SELECT g, 'v' || g FROM generate_series(1, 300) g")
+    db.execute(f"UPDATE {name} SET v = v || '!' WHERE id % 3 = 0")
+    with db.transaction():
+        db.execute(f"DELETE FROM {name} WHERE id > 250")
+    return one(db, "SELECT count(*) FROM webhook.deliveries WHERE endpoint = %s", name)
+
+
+def test_capture_leaves_every_queue_index_complete(db, name):
+    db.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+    assert capture_some(db, name) == 300 + 100 + 50
+    assert check_indexes(db) == ["delivery_delivered", "delivery_due", "delivery_pkey"]
+    # The due index, read alone, finds exactly the pending rows.
+    with db.transaction():
+        db.execute("SET LOCAL enable_seqscan = off")
+        db.execute("SET LOCAL enable_bitmapscan = off")
+        via_index = one(db, "SELECT count(*) FROM webhook.delivery d JOIN webhook.endpoint e ON e.id = d.endpoint_id"
+                            " WHERE e.name = %s AND d.status IN ('pending', 'delivering')", name)
+    assert via_index == 450
+
+
+def test_an_index_added_to_the_queue_is_maintained(db, name):
+    db.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+    assert capture_some(db, name) == 450  # this session's capture caches are now warm
+    db.execute("CREATE INDEX delivery_by_table ON webhook.delivery (table_name, id)")
+    try:
+        db.execute(f"INSERT INTO {name} SELECT g, 'later' FROM generate_series(1000, 1099) g")
+        assert "delivery_by_table" in check_indexes(db)
+        with db.transaction():
+            db.execute("SET LOCAL enable_seqscan = off")
+            assert one(db, "SELECT count(*) FROM webhook.delivery WHERE table_name = %s",
+                       f"public.{name}") == 550
+    finally:
+        db.execute("DROP INDEX webhook.delivery_by_table")
+
+
+def test_a_queue_index_capture_cannot_maintain_is_refused(db, name):
+    make_table(db, name)
+    endpoint(db, name, "http://127.0.0.1:9/unused")
+    db.execute("SELECT webhook.watch(%s, %s)", (name, name))
+    db.execute("CREATE INDEX delivery_lower ON webhook.delivery (lower(table_name))")
+    try:
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as err:
+            db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
+        assert '"delivery_lower"' in str(err.value) and "expression" in str(err.value)
+    finally:
+        db.execute("DROP INDEX webhook.delivery_lower")
+    db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
+    assert one(db, "SELECT count(*) FROM webhook.deliveries WHERE endpoint = %s", name) == 1
