@@ -65,6 +65,7 @@ const QUEUE_SQL: &str = "SELECT 'webhook.delivery'::pg_catalog.regclass::pg_cata
 /// when the API invalidates webhook.endpoint's (an endpoint changed).
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    enqueue::on_relcache_invalidation(relid);
     GENERATION.with(|g| g.set(g.get() + 1));
     PLANS.with(|p| {
         if let Ok(mut plans) = p.try_borrow_mut() {

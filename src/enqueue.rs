@@ -10,7 +10,6 @@
 
 use crate::error::WebhookError;
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -61,13 +60,12 @@ thread_local! {
     static LAYOUT: RefCell<Option<Rc<Layout>>> = const { RefCell::new(None) };
     static INDEXES: RefCell<HashMap<pg_sys::Oid, Rc<IndexSpec>>> = RefCell::new(HashMap::new());
     static QUEUE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
-    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// The layout is rebuilt after the queue table's relcache entry is invalidated (ALTER TABLE).
-/// Index specs are keyed by index OID, and an index's definition never changes under its OID.
-#[pg_guard]
-unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+/// Called for every relcache invalidation (capture registers the callback): the layout is
+/// rebuilt after the queue table's entry is invalidated (ALTER TABLE). Index specs are keyed by
+/// index OID, and an index's definition never changes under its OID.
+pub fn on_relcache_invalidation(relid: pg_sys::Oid) {
     if relid == pg_sys::InvalidOid || relid == QUEUE.with(Cell::get) {
         LAYOUT.with(|l| {
             if let Ok(mut l) = l.try_borrow_mut() {
@@ -231,24 +229,9 @@ fn text_datum(s: &str) -> pg_sys::Datum {
     pg_sys::Datum::from(text)
 }
 
-fn register_invalidation_callback(queue: pg_sys::Oid) {
-    QUEUE.with(|q| q.set(queue));
-    CALLBACK_REGISTERED.with(|r| {
-        if !r.get() {
-            unsafe {
-                pg_sys::CacheRegisterRelcacheCallback(
-                    Some(on_relcache_invalidation),
-                    pg_sys::Datum::from(0),
-                )
-            };
-            r.set(true);
-        }
-    });
-}
-
 /// Insert one `pending` delivery into the queue table `queue` (webhook.delivery's OID).
 pub fn insert(queue: pg_sys::Oid, delivery: &NewDelivery) {
-    register_invalidation_callback(queue);
+    QUEUE.with(|q| q.set(queue));
     let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
     unsafe {
         let heap = pg_sys::table_open(queue, lock);
