@@ -72,3 +72,19 @@ def test_a_queue_index_capture_cannot_maintain_is_refused(db, name):
         db.execute("DROP INDEX webhook.delivery_lower")
     db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
     assert one(db, "SELECT count(*) FROM webhook.deliveries WHERE endpoint = %s", name) == 1
+
+
+def test_large_payloads_are_toasted_and_sent_whole(db, receiver, name):
+    """Payloads past the TOAST threshold go through heap_insert's own toasting: compressible
+    (1 MB of one letter) and incompressible (about 256 KB of hex) alike arrive byte for byte."""
+    make_table(db, name, "id int PRIMARY KEY, v text")
+    endpoint(db, name, receiver.url(f"/ok/{name}"))
+    db.execute("SELECT webhook.watch(%s, %s)", (name, name))
+    db.execute(f"INSERT INTO {name} VALUES (1, repeat('x', 1000000))")
+    db.execute(f"INSERT INTO {name} SELECT 2, string_agg(md5(g::text), '') FROM generate_series(1, 8000) g")
+    expected = dict(db.execute(f"SELECT id, v FROM {name}").fetchall())
+    got = {r.json()["data"]["id"]: r.json()["data"]["v"] for r in receiver.wait_for(2, f"/ok/{name}")}
+    assert got == expected and len(got[2]) == 256000
+    stored = one(db, "SELECT pg_column_size(payload) < octet_length(payload) FROM webhook.delivery"
+                     " WHERE strpos(payload, 'xxxx') > 0")
+    assert stored  # compressed in place or out of line
