@@ -215,3 +215,27 @@ def test_create_extension_warns_when_nothing_would_deliver(cluster, db):
         assert any('connects to database "postgres", not to "elsewhere"' in n for n in notices), notices
     finally:
         db.execute("DROP DATABASE elsewhere")
+
+
+def test_late_commit_with_an_earlier_time_is_not_starved_by_a_backlog(cluster, db, receiver, name):
+    """Claims resume after the last row taken (next_attempt_at, id). A transaction that began
+    before a backlog was queued, and commits while the backlog drains, queues a row that sorts
+    before that cursor: the periodic full scan must find it within about a second, not after the
+    backlog (2000 requests of 50 ms, 16 at a time: over 6 s)."""
+    path = f"/sleep/0.05/{name}"
+    make_table(db, name)
+    endpoint(db, name, receiver.url(path))
+    db.execute("SELECT webhook.watch(%s, %s)", (name, name))
+    with cluster.connect(autocommit=False) as late:
+        late.execute(f"INSERT INTO {name} VALUES (0, 'late')")  # next_attempt_at: this transaction's start
+        time.sleep(0.05)
+        db.execute(f"INSERT INTO {name} SELECT g, 'backlog' FROM generate_series(1, 2000) g")
+        wait_until(lambda: len(receiver.received(path)) >= 50, what="the backlog to start draining")
+        late.commit()
+        committed = time.monotonic()
+    late_id = one(db, "SELECT min(id) FROM webhook.deliveries WHERE endpoint = %s", name)
+    wait_until(lambda: any(r.headers["webhook-id"] == str(late_id) for r in receiver.received(path)),
+               timeout=15, what="the late row to be sent")
+    waited = time.monotonic() - committed
+    left = one(db, "SELECT count(*) FROM webhook.deliveries WHERE endpoint = %s AND status <> 'delivered'", name)
+    assert waited < 3.0 and left > 500, (waited, left)
