@@ -156,7 +156,7 @@ def new_cluster(extra=None):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10, help="pgbench duration per variant and round")
-    ap.add_argument("--rounds", type=int, default=3, help="pgbench rounds per variant (figure 1)")
+    ap.add_argument("--rounds", type=int, default=5, help="pgbench rounds per variant (figure 1)")
     ap.add_argument("--drain-rows", type=int, default=100_000)
     ap.add_argument("--backlog-rows", type=int, default=1_000_000)
     ap.add_argument("--backlog-cycles", type=int, default=3, help="fill / drain / retention cycles (figure 5)")
@@ -182,13 +182,15 @@ def main():
 
             # 1. capture cost, single-row inserts (endpoint disabled: the write path alone)
             db.execute("SELECT webhook.alter_endpoint('bench', enabled => false)")
-            # Rounds interleave the variants so that a slow spell of the machine hits them alike;
-            # each variant's figure is its median round.
+            # Rounds interleave the variants, each round in a rotated order, so that a slow spell
+            # of the machine (a checkpoint, autovacuum) hits them alike; each variant's figure is
+            # its median round.
             runs = {"plain": [], "watched": [], "plpgsql": []}
-            for _ in range(args.rounds):
-                for t, got in runs.items():
-                    got.append(pgbench(cluster, f"INSERT INTO b_{t} (name, email, score, amount)"
-                                                f" VALUES ('n', 'e@x.y', 42, 3.14);\n", args.seconds))
+            variants = list(runs)
+            for r in range(args.rounds):
+                for t in variants[r % 3:] + variants[:r % 3]:
+                    runs[t].append(pgbench(cluster, f"INSERT INTO b_{t} (name, email, score, amount)"
+                                                    f" VALUES ('n', 'e@x.y', 42, 3.14);\n", args.seconds))
             tps = {t: statistics.median(got) for t, got in runs.items()}
             results["1_tps"] = tps
             results["1_tps_rounds"] = runs

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark of README's "Performance" table: a release build, nginx on 127.0.0.1 as the
-# receiver, pgbench for the write path. Takes about 10 minutes on 2 cores.
+# receiver, pgbench for the write path. Takes about 12 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
