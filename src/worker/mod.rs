@@ -133,12 +133,7 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = guc::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    // Claims are small index scans: JIT compilation would cost more than it saves. Each statement
-    // is planned once (its SQL is written so that the generic plan uses the right index).
-    BackgroundWorker::transaction(|| {
-        Spi::run("SET jit = off").expect("SET jit");
-        Spi::run("SET plan_cache_mode = force_generic_plan").expect("SET plan_cache_mode");
-    });
+    BackgroundWorker::transaction(queue::configure_session);
     shmem::publish_latch(slot);
     log!("webhook delivery worker {slot} started in database \"{database}\"");
 
