@@ -3,6 +3,8 @@
 # suite against a real cluster with the worker loaded and a real HTTP receiver on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=SCRIPTDIR/env.sh
+. scripts/env.sh
 ./scripts/setup.sh
 
 say() { printf '\033[1m[test]\033[0m %s\n' "$*"; }
@@ -23,4 +25,4 @@ say "installing the extension into PostgreSQL 15"
 cargo pgrx install --pg-config /usr/bin/pg_config >/dev/null
 
 say "end-to-end suite"
-python3 -m pytest tests/e2e -q -p no:cacheprovider "$@"
+"$PYTHON" -m pytest tests/e2e -q -p no:cacheprovider "$@"
