@@ -6,9 +6,20 @@ import pytest
 from harness import Cluster, Receiver
 
 # Short schedules so retries are observable in seconds; the defaults are checked separately.
-RETRY_DELAYS_MS = [200, 400, 600, 800, 1000]
+# Each delay doubles the one before and the first four are well below the worker's 1 s idle poll,
+# so a worker that retried on its poll instead of at the due time shows gaps of ~1 s and fails
+# test_retry_schedule_then_failed.
+RETRY_DELAYS_MS = [100, 200, 400, 800, 1600]
+RETRY_DELAYS = ",".join(f"{ms}ms" for ms in RETRY_DELAYS_MS)
+# How far an observed gap between attempts may stray from the scheduled delay: a gap is never
+# shorter (the delay runs from the attempt's end), and later by at most a request round trip,
+# the outcome's record and the claim.
+RETRY_GAP_SLACK_MS = (-15, 150)
+# The worker's idle poll (src/worker/mod.rs IDLE_POLL); a commit must wake it well before this.
+IDLE_POLL_S = 1.0
+WAKE_DEADLINE_S = 0.3
 SETTINGS = {
-    "webhook.retry_delays": "'200ms,400ms,600ms,800ms,1s'",
+    "webhook.retry_delays": f"'{RETRY_DELAYS}'",
     "webhook.timeout": "'2s'",
 }
 
@@ -87,3 +98,28 @@ def endpoint(conn, name, url, **kw):
     args = ", ".join(f"{k} => %s" for k in kw)
     sql = f"SELECT webhook.create_endpoint(%s, %s{', ' + args if args else ''})"
     return one(conn, sql, name, url, *kw.values())
+
+
+def assert_retry_gaps(requests, delays_ms=RETRY_DELAYS_MS):
+    """The gaps between consecutive attempts follow the schedule, each within RETRY_GAP_SLACK_MS;
+    gaps that are all about the idle poll (1 s) fail."""
+    gaps = [round((b.received - a.received) * 1000) for a, b in zip(requests, requests[1:])]
+    assert len(gaps) == len(delays_ms), (gaps, delays_ms)
+    low, high = RETRY_GAP_SLACK_MS
+    for gap, want in zip(gaps, delays_ms):
+        assert want + low <= gap <= want + high, f"gaps {gaps} ms, schedule {delays_ms} ms"
+    return gaps
+
+
+def wait_worker_idle(conn, timeout=30.0):
+    """Wait until the worker has nothing to do for the next 1.5 s (no delivery of an enabled
+    endpoint in flight or due soon) and sleeps on its latch: from here only a commit's wake-up
+    gets a new delivery out before its idle poll (1 s) ends."""
+    def idle():
+        busy = one(conn, "SELECT count(*) FROM webhook.delivery d JOIN webhook.endpoint e ON e.id = d.endpoint_id"
+                         " WHERE e.enabled AND (d.status = 'delivering' OR"
+                         " (d.status = 'pending' AND d.next_attempt_at < now() + interval '1.5 s'))")
+        waiting = one(conn, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'webhook delivery worker'"
+                            " AND wait_event_type = 'Extension'")
+        return busy == 0 and waiting >= 1
+    wait_until(idle, timeout, "the worker to be idle", poll=0.02)

@@ -9,6 +9,7 @@ import hmac
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -46,6 +47,7 @@ class Cluster:
         self.data = os.path.join(self.dir, "data")
         self.log = os.path.join(self.dir, "server.log")
         self.port = free_port()
+        self.port_retries = 0  # how often start() had to move to another port
         try:
             self._init(settings, preload)
         except BaseException:
@@ -71,12 +73,36 @@ class Cluster:
             for k, v in conf.items():
                 f.write(f"{k} = {v}\n")
 
+    # What the server log says when the chosen port was taken between free_port() and start.
+    PORT_TAKEN = ("could not bind", "address already in use", "could not create any tcp/ip sockets")
+    START_TRIES = 5
+
+    def _set_port(self, port):
+        """Rewrite every port line of postgresql.conf (the last one wins anyway)."""
+        conf = os.path.join(self.data, "postgresql.conf")
+        with open(conf) as f:
+            text = f.read()
+        text = re.sub(r"(?m)^port = \d+$", f"port = {port}", text)
+        with open(conf, "w") as f:
+            f.write(text)
+        self.port = port
+
     def start(self):
-        try:
-            as_postgres(f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start")
-        except subprocess.CalledProcessError as e:
-            raise RuntimeError(f"pg_ctl start failed: {e.stdout}{e.stderr}\n{self.log_tail()}") from None
-        return self
+        """pg_ctl start; free_port() only found a port free a moment ago, so when the server
+        cannot bind it (someone took it meanwhile) pick another and try again, a few times."""
+        for attempt in range(self.START_TRIES):
+            log_before = len(self.log_text())
+            try:
+                as_postgres(f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start")
+                return self
+            except subprocess.CalledProcessError as e:
+                new_log = self.log_text()[log_before:].lower()
+                if attempt + 1 < self.START_TRIES and any(m in new_log for m in self.PORT_TAKEN):
+                    self.port_retries += 1
+                    self._set_port(free_port())
+                    continue
+                raise RuntimeError(f"pg_ctl start failed: {e.stdout}{e.stderr}\n{self.log_tail()}") from None
+        raise AssertionError("unreachable")
 
     def stop(self, mode="fast"):
         """mode: 'smart', 'fast' or 'immediate' (pg_ctl -m)."""
@@ -105,19 +131,46 @@ class Cluster:
     def connect(self, user="postgres", autocommit=True):
         return psycopg.connect(self.dsn(user), autocommit=autocommit)
 
+    def _conf_load_time(self):
+        with self.connect() as c:  # a new backend: it starts with the postmaster's configuration
+            return c.execute("SELECT pg_conf_load_time()").fetchone()[0]
+
+    def _reload_and_wait(self, name, before, from_auto_conf, timeout=10.0):
+        """Wait until a NEW connection sees the reloaded configuration: its pg_conf_load_time()
+        is past `before` and `name` comes (or no longer comes) from postgresql.auto.conf.
+
+        The postmaster rereads the files and then sends SIGHUP to every child, the worker
+        included, before it forks any backend with the new configuration; so once a new
+        connection sees it, the worker has been signalled, and its latch wakes it to reread at
+        once. Tests that need the worker's own reload still observe its effect (a timeout's
+        length, a retention pass, a delivery let through), each with a deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.connect() as c:
+                loaded, sourcefile = c.execute(
+                    "SELECT pg_conf_load_time(), (SELECT sourcefile FROM pg_settings WHERE name = %s)",
+                    (name,)).fetchone()
+            if loaded > before and (sourcefile or "").endswith("postgresql.auto.conf") == from_auto_conf:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"configuration reload not seen within {timeout}s ({name}: {sourcefile})")
+            time.sleep(0.01)
+
     def set(self, name, value):  # noqa: A003
         """Change a reloadable setting for the whole cluster (the worker rereads it on SIGHUP)."""
+        before = self._conf_load_time()
         with self.connect() as c:
             c.execute(psycopg.sql.SQL("ALTER SYSTEM SET {} = {}").format(psycopg.sql.SQL(name), psycopg.sql.Literal(value)))
             c.execute("SELECT pg_reload_conf()")
-        time.sleep(0.3)
+        self._reload_and_wait(name, before, from_auto_conf=True)
 
     def reset(self, name):
         """Back to the configuration file's value (ALTER SYSTEM RESET) and reload."""
+        before = self._conf_load_time()
         with self.connect() as c:
             c.execute(psycopg.sql.SQL("ALTER SYSTEM RESET {}").format(psycopg.sql.SQL(name)))
             c.execute("SELECT pg_reload_conf()")
-        time.sleep(0.3)
+        self._reload_and_wait(name, before, from_auto_conf=False)
 
     set_guc = set
 
@@ -133,10 +186,17 @@ class Cluster:
 
 
 class Headers(dict):
-    """Request headers; lookups ignore case (keys are stored lower-cased)."""
+    """Request headers; lookups ignore case (keys are stored lower-cased). A repeated header
+    keeps every value: get_all(name) lists them in order, the mapping itself holds the first."""
 
     def __init__(self, items=()):
-        super().__init__((k.lower(), v) for k, v in dict(items).items())
+        pairs = list(items.items()) if hasattr(items, "items") else list(items)
+        super().__init__()
+        self._all = {}
+        for k, v in pairs:
+            self._all.setdefault(k.lower(), []).append(v)
+            if k.lower() not in self:
+                super().__setitem__(k.lower(), v)
 
     def __getitem__(self, key):
         return super().__getitem__(key.lower())
@@ -146,6 +206,10 @@ class Headers(dict):
 
     def get(self, key, default=None):
         return super().get(key.lower(), default)
+
+    def get_all(self, key):
+        """Every value sent for this header, in order ([] when absent)."""
+        return list(self._all.get(key.lower(), []))
 
 
 class Request:
@@ -194,7 +258,7 @@ class Receiver:
                     return
                 with receiver.lock:
                     receiver._log.append(
-                        Request(self.command, self.path, dict(self.headers), body, self.client_address))
+                        Request(self.command, self.path, self.headers.items(), body, self.client_address))
                     receiver.counts[self.path] = receiver.counts.get(self.path, 0) + 1
                     seen = receiver.counts[self.path]
                 parts = self.path.strip("/").split("/")
@@ -304,8 +368,17 @@ class Receiver:
         self.server.server_close()
 
 
+SIGNED_HEADERS = ("x-signature", "webhook-id", "webhook-timestamp", "webhook-signature")
+
+
 def verify(request, secret):
-    """(X-Signature ok, Standard Webhooks ok), each checked by an independent implementation."""
+    """(X-Signature ok, Standard Webhooks ok), each checked by an independent implementation.
+
+    First asserts that each signing header came exactly once: a receiver (or a verifier
+    library) picking the first or the last of two copies could accept what the other rejects."""
+    for header in SIGNED_HEADERS:
+        values = request.headers.get_all(header)
+        assert len(values) == 1, f"{header} sent {len(values)} times: {values}"
     expected = base64.b64encode(hmac.new(secret.encode(), request.body, hashlib.sha256).digest())
     x_ok = hmac.compare_digest(expected, request.headers.get("x-signature", "").encode())
     try:

@@ -1,5 +1,7 @@
 """Fault suite: while 20k changes commit (and some roll back), kill -9 the worker several times
-and stop the cluster with -m immediate once. Every committed change must arrive at least once,
+and stop the cluster with -m immediate once, each fault while the writer is mid-stream (checked:
+it committed just before, the fault cut its connection, and it committed again after). Every
+committed change must arrive at least once,
 no rolled-back change ever, duplicates only from what was in flight, and the worker comes back
 by itself. Bounded: about a minute."""
 import os
@@ -30,6 +32,8 @@ class Writer(threading.Thread):
         self.next_rb = ROLLED_BACK_BASE
         self.attempted = 0
         self.errors = 0
+        self.commits = 0  # transactions committed (rolled-back ones not counted)
+        self.last_commit = None  # time.monotonic() of the latest commit
         self.stop_at = time.monotonic() + 120
 
     def run(self):
@@ -47,6 +51,9 @@ class Writer(threading.Thread):
                         ids = range(self.next_id, self.next_id + ROWS_PER_TX)
                         self.next_id += ROWS_PER_TX
                     conn.execute("INSERT INTO crash SELECT g, 'v' FROM unnest(%s::int[]) g", (list(ids),))
+                if tx % 10 != 9:
+                    self.commits += 1
+                    self.last_commit = time.monotonic()
                 tx += 1
                 time.sleep(0.001)
             except psycopg.Error:
@@ -85,16 +92,39 @@ def test_nothing_committed_is_lost_across_crashes():
         writer = Writer(cluster)
         writer.start()
         pids = [wait_for(lambda: worker_pid(cluster), 10, "worker start")]
-        for _ in range(KILLS):
-            time.sleep(1.0)
-            os.kill(pids[-1], signal.SIGKILL)
+        faults = []  # per fault: (rows written before, commits before, writer errors before)
+
+        def fault(n, act):
+            """Wait until the writer is n/(KILLS + 2) of the way through, then check it is
+            mid-stream (alive, not done, committed within the last 0.5 s) and act."""
+            wait_until(lambda: writer.next_id > n * COMMITTED_TARGET // (KILLS + 2), 60,
+                       f"the writer to reach fault {n}", poll=0.01)
+            assert writer.is_alive() and writer.next_id <= COMMITTED_TARGET, "the writer finished before the fault"
+            assert time.monotonic() - writer.last_commit < 0.5, "the writer is not committing"
+            faults.append((writer.next_id, writer.commits, writer.errors))
+            act()
+
+        def overlapped():
+            """The fault cut the writer's stream (its connection died with the crash: an error)
+            and the writer commits again afterwards."""
+            _, commits, errors = faults[-1]
+            wait_until(lambda: writer.errors > errors and writer.commits > commits, 30,
+                       f"the writer to be cut by fault {len(faults)} and commit again", poll=0.01)
+
+        for n in range(1, KILLS + 1):
+            fault(n, lambda: os.kill(pids[-1], signal.SIGKILL))
             pids.append(wait_for(lambda: (lambda p: p if p and p != pids[-1] else None)(worker_pid(cluster)),
                                  30, "worker to come back after kill -9"))
-        time.sleep(1.0)
-        cluster.stop("immediate")
-        time.sleep(0.5)
-        cluster.start()
+            overlapped()
+
+        def immediate_stop():
+            cluster.stop("immediate")
+            cluster.start()
+
+        fault(KILLS + 1, immediate_stop)
         pids.append(wait_for(lambda: worker_pid(cluster), 30, "worker after immediate stop"))
+        overlapped()
+        assert len(faults) == KILLS + 1
         writer.join(timeout=150)
         assert not writer.is_alive(), "writer did not finish"
 
@@ -133,7 +163,8 @@ def test_nothing_committed_is_lost_across_crashes():
         assert len(set(pids)) == len(pids) == KILLS + 2
         print(f"\nfault suite: {len(committed)} committed changes ({writer.errors} writer errors across "
               f"{KILLS} kill -9 and 1 immediate stop), {len(requests)} requests received, "
-              f"{duplicates} duplicates, 0 rolled-back changes received, worker pids {pids}")
+              f"{duplicates} duplicates, 0 rolled-back changes received, worker pids {pids}; "
+              f"faults at rows {[f[0] for f in faults]}")
     finally:
         receiver.close()
         cluster.cleanup()

@@ -14,7 +14,8 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from conftest import RETRY_DELAYS_MS, endpoint, make_table, one, wait_status, wait_until
+from conftest import (RETRY_DELAYS, RETRY_DELAYS_MS, WAKE_DEADLINE_S, assert_retry_gaps, endpoint, make_table,
+                      one, wait_status, wait_until, wait_worker_idle)
 from harness import Request, verify
 
 
@@ -250,12 +251,11 @@ def test_retry_schedule_then_failed(db, receiver, name):
     assert len(got) == 6
     assert len({r.headers["webhook-id"] for r in got}) == 1
     assert all(verify(r, secret) == (True, True) for r in got)
-    gaps = [(b.received - a.received) * 1000 for a, b in zip(got, got[1:])]
-    assert len(gaps) == len(RETRY_DELAYS_MS)
-    for gap, want in zip(gaps, RETRY_DELAYS_MS):
-        assert want * 0.8 <= gap < want + 1500, (gaps, RETRY_DELAYS_MS)
+    # The gaps grow as the schedule does (100 ms doubling to 1.6 s), each within 150 ms of its
+    # delay: a worker retrying on its 1 s idle poll would show gaps of about 1 s and fail.
+    assert_retry_gaps(got)
     # Signed at send time: each attempt's timestamp is the second it was sent, so the first and
-    # the last (3 s apart) differ although the row was captured once.
+    # the last (3.1 s apart) differ although the row was captured once.
     stamps = [int(r.headers["webhook-timestamp"]) for r in got]
     for req, stamp in zip(got, stamps):
         assert -1 <= req.wall - stamp < 2, (req.wall, stamp)
@@ -284,7 +284,7 @@ def test_documented_defaults(db):
         boot = number
     assert int(boot) * ms_per_unit[unit] == 10000, rows["webhook.timeout"]
     # This session runs with the suite's overrides, which the running values reflect.
-    assert one(db, "SHOW webhook.retry_delays") == "200ms,400ms,600ms,800ms,1s"
+    assert one(db, "SHOW webhook.retry_delays") == RETRY_DELAYS
 
 
 def test_flaky_endpoint_succeeds_on_third_attempt(db, receiver, name):
@@ -299,21 +299,50 @@ def test_flaky_endpoint_succeeds_on_third_attempt(db, receiver, name):
 
 
 def test_redeliver_after_failure(db, receiver, name):
+    """redeliver() starts a fresh retry cycle with the same webhook-id and the very same body
+    bytes: redelivered while the endpoint still fails, a failed delivery gets 1 + 5 more attempts
+    on the schedule and fails again; once the endpoint works, it is delivered."""
     bad = f"/status/404/{name}"
     watched(db, receiver, name, path=bad)
     db.execute(f"INSERT INTO {name} VALUES (1, 'a'), (2, 'b')")
     ids = delivery_ids(db, name)
     for did in ids:
         wait_status(db, did, "failed", timeout=20)
+
+    def sent(did, path=bad):
+        return [r for r in receiver.received(path) if r.headers["webhook-id"] == str(did)]
+
+    def attempts(did):
+        return db.execute("SELECT attempt, status_code FROM webhook.attempts WHERE delivery_id = %s"
+                          " ORDER BY attempt", (did,)).fetchall()
+
+    first_cycle = sent(ids[0])
+    assert len(first_cycle) == 6 and len(sent(ids[1])) == 6
+    original = {did: sent(did)[0].body for did in ids}
+    assert original[ids[0]] != original[ids[1]]
+    # Still failing: a whole new cycle (not one attempt at the end of the old one), then failed.
+    db.execute("SELECT webhook.redeliver(%s)", (ids[0],))
+    wait_until(lambda: len(sent(ids[0])) >= 12, timeout=20, what="a second cycle of six attempts")
+    wait_status(db, ids[0], "failed", timeout=10)
+    second_cycle = sent(ids[0])[6:]
+    assert len(second_cycle) == 6
+    assert_retry_gaps(second_cycle)  # the schedule from its start again
+    assert [r.body for r in second_cycle] == [original[ids[0]]] * 6  # byte-identical re-sends
+    assert attempts(ids[0]) == [(i, 404) for i in range(1, 13)]  # attempt numbers continue
+    assert len(sent(ids[1])) == 6  # the other failed delivery was left alone
+    # Now the endpoint works: delivered at the first attempt of a third cycle, same id and bytes.
     db.execute("SELECT webhook.alter_endpoint(%s, url => %s)", (name, receiver.url(f"/ok/{name}")))
     db.execute("SELECT webhook.redeliver(%s)", (ids[0],))
     wait_status(db, ids[0], "delivered")
-    first = receiver.wait_for(1, f"/ok/{name}")[0]
-    assert first.headers["webhook-id"] == str(ids[0])
-    assert receiver.received(bad)[0].headers["webhook-id"] in {str(i) for i in ids}
+    (good,) = receiver.wait_for(1, f"/ok/{name}")
+    assert good.headers["webhook-id"] == str(ids[0])
+    assert good.body == original[ids[0]]
+    assert attempts(ids[0])[-1] == (13, 200)
     assert one(db, "SELECT webhook.redeliver_failed(%s)", name) == 1
     wait_status(db, ids[1], "delivered")
-    assert one(db, "SELECT max(attempt) FROM webhook.attempts WHERE delivery_id = %s", ids[0]) == 7
+    (other,) = sent(ids[1], f"/ok/{name}")
+    assert other.body == original[ids[1]]
+    assert attempts(ids[1])[-1] == (7, 200)
 
 
 def test_rollbacks_send_nothing(cluster, db, receiver, name):
@@ -406,10 +435,12 @@ def test_endpoint_changes_reach_other_sessions_capture_plans(cluster, db, receiv
         db.execute("SELECT webhook.alter_endpoint(%s, enabled => true)", (name,))
         receiver.wait_for(1, f"/ok/{name}")
         for attempt in range(5):
-            writer.execute(f"INSERT INTO {name} VALUES (%s, 'after enable')", (10 + attempt,))
+            wait_worker_idle(db)  # else a busy worker's 50 ms result poll would find the row anyway
             started = time.monotonic()
-            receiver.wait_for(2 + attempt, f"/ok/{name}")
-            assert time.monotonic() - started < 0.5, "the commit did not wake the worker"
+            writer.execute(f"INSERT INTO {name} VALUES (%s, 'after enable')", (10 + attempt,))
+            got = receiver.wait_for(2 + attempt, f"/ok/{name}")
+            # Well inside the 1 s idle poll: only the commit's wake-up gets it there this soon.
+            assert got[-1].received - started < WAKE_DEADLINE_S, "the commit did not wake the worker"
         db.execute("SELECT webhook.alter_endpoint(%s, format => 'census')", (name,))
         writer.execute(f"INSERT INTO {name} VALUES (2, 'census')")
         last = by_id(receiver.wait_for(7, f"/ok/{name}"))[-1].json()
@@ -452,12 +483,15 @@ def test_test_endpoint(db, receiver, name):
 
 
 def test_commit_wakes_the_worker_promptly(db, receiver, name):
+    """From idle (sleeping on a 1 s poll), a commit gets its delivery out within 300 ms, five
+    times over: a worker that ignored the commit's wake-up would wait for its poll."""
     watched(db, receiver, name)
-    time.sleep(1.5)  # let the worker go idle
-    start = time.monotonic()
-    db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
-    req = receiver.wait_for(1, f"/ok/{name}", timeout=5)[0]
-    assert req.received - start < 0.5
+    for i in range(5):
+        wait_worker_idle(db)
+        start = time.monotonic()
+        db.execute(f"INSERT INTO {name} VALUES (%s, 'x')", (i,))
+        req = receiver.wait_for(i + 1, f"/ok/{name}", timeout=5)[-1]
+        assert req.received - start < WAKE_DEADLINE_S, (i, req.received - start)
 
 
 def test_secret_rotation_signs_with_both(db, receiver, name):

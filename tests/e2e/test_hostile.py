@@ -70,7 +70,7 @@ def test_hostile_receivers(db, receiver, name):
             assert row[1] is not None and error in row[1], (case, row)
     assert first_attempt("drip")[2] < 4000 and first_attempt("sleep")[2] < 4000  # webhook.timeout is 2s
     assert first_attempt("huge")[3] == 65536
-    # 429 with Retry-After: 3 waits at least 3 s although the schedule says 200 ms.
+    # 429 with Retry-After: 3 waits at least 3 s although the schedule says 100 ms.
     times = wait_until(lambda: (lambda r: r if len(r) == 2 else None)(db.execute(
         "SELECT a.started_at FROM webhook.attempts a JOIN webhook.deliveries d ON d.id = a.delivery_id"
         " WHERE d.endpoint = %s AND a.attempt <= 2 ORDER BY a.attempt", (f"{name}_e429",)).fetchall()),

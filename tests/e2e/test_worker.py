@@ -179,7 +179,10 @@ def test_purge_and_retention(cluster, db, receiver, name):
     delivered = [r[0] for r in db.execute("SELECT id FROM webhook.deliveries WHERE endpoint = %s", (f"{name}_ok",))]
     for did in delivered:
         wait_status(db, did, "delivered")
-    time.sleep(1.2)
+    # Older than the retention about to be set (the database's clock decides, as the worker's does).
+    wait_until(lambda: one(db, "SELECT bool_and(delivered_at < clock_timestamp() - interval '1.1 s')"
+                               " FROM webhook.deliveries WHERE id = ANY(%s)", delivered),
+               timeout=5, what="the delivered deliveries to be older than 1 s")
     cluster.set("webhook.retention", "1s")  # a reload makes the worker apply retention at once
     try:
         wait_until(lambda: one(db, "SELECT count(*) FROM webhook.deliveries WHERE id = ANY(%s)", delivered) == 0,
