@@ -20,7 +20,7 @@ pub static ALLOWED_NETWORKS: GucSetting<Option<CString>> =
 pub static RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 86_400);
 pub static ROTATION_OVERLAP_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 
-pub fn register() {
+fn register_postmaster_settings() {
     GucRegistry::define_string_guc(
         c"webhook.database",
         c"Database the delivery worker connects to.",
@@ -29,6 +29,25 @@ pub fn register() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"webhook.workers",
+        c"Number of delivery workers; they share the queue without double sends.",
+        c"",
+        &WORKERS,
+        1,
+        crate::shmem::MAX_WORKERS as i32,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
+/// Define every setting. The postmaster-only ones (which database, how many workers) exist
+/// only when the library is preloaded: PostgreSQL refuses to create them later, and a backend
+/// that loads the library without preloading (CREATE EXTENSION, LOAD) has no worker to set up.
+pub fn register(preloading: bool) {
+    if preloading {
+        register_postmaster_settings();
+    }
     // SAFETY: the check hook is a #[pg_guard] function.
     unsafe {
         GucRegistry::define_string_guc_with_hooks(
@@ -52,16 +71,6 @@ pub fn register() {
         600_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_int_guc(
-        c"webhook.workers",
-        c"Number of delivery workers; they share the queue without double sends.",
-        c"",
-        &WORKERS,
-        1,
-        crate::shmem::MAX_WORKERS as i32,
-        GucContext::Postmaster,
-        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"webhook.max_concurrency",

@@ -26,8 +26,10 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    guc::register();
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    // SAFETY: a plain read of a flag PostgreSQL sets before loading preloaded libraries.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    guc::register(preloading);
+    if preloading {
         shmem::init();
         worker::register();
     }
