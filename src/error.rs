@@ -39,6 +39,15 @@ pub enum WebhookError {
     NotSupported(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A broken invariant or an SPI failure: a bug, never the caller's doing.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<pgrx::spi::Error> for WebhookError {
+    fn from(e: pgrx::spi::Error) -> Self {
+        WebhookError::Internal(format!("SPI: {e}"))
+    }
 }
 
 impl WebhookError {
@@ -61,6 +70,7 @@ impl WebhookError {
             WebhookError::WrongState(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             WebhookError::NotSupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             WebhookError::PermissionDenied(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            WebhookError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
 

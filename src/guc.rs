@@ -8,8 +8,10 @@ use std::time::Duration;
 
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// SPEC §4's schedule: retries after 4, 8, 16, 32 and 64 seconds.
+pub const DEFAULT_RETRY_DELAYS: &CStr = c"4s,8s,16s,32s,64s";
 pub static RETRY_DELAYS: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"4s,8s,16s,32s,64s"));
+    GucSetting::<Option<CString>>::new(Some(DEFAULT_RETRY_DELAYS));
 pub static TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(32);
@@ -138,45 +140,75 @@ pub fn register(preloading: bool) {
     );
 }
 
+/// Check hook of `webhook.retry_delays`.
+///
+/// # Safety
+/// Called only by PostgreSQL's GUC machinery (call_string_check_hook), on the backend's main
+/// thread, with `newval` pointing at the candidate value (NULL or a NUL-terminated string).
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn check_retry_delays(
     newval: *mut *mut std::ffi::c_char,
     _extra: *mut *mut std::ffi::c_void,
     _source: pgrx::pg_sys::GucSource::Type,
 ) -> bool {
+    // SAFETY: PostgreSQL calls this as a string check hook, which is what check_string requires.
     unsafe { check_string(newval, |raw| schedule::parse_delays(raw).map(|_| ())) }
 }
 
+/// Check hook of `webhook.allowed_networks`.
+///
+/// # Safety
+/// Called only by PostgreSQL's GUC machinery (call_string_check_hook), on the backend's main
+/// thread, with `newval` pointing at the candidate value (NULL or a NUL-terminated string).
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn check_allowed_networks(
     newval: *mut *mut std::ffi::c_char,
     _extra: *mut *mut std::ffi::c_void,
     _source: pgrx::pg_sys::GucSource::Type,
 ) -> bool {
+    // SAFETY: PostgreSQL calls this as a string check hook, which is what check_string requires.
     unsafe { check_string(newval, |raw| NetworkPolicy::parse(raw).map(|_| ())) }
 }
 
 /// A string GUC check hook body: reject the value with `parse`'s message as the detail.
+///
+/// # Safety
+/// Must be called from a string GUC check hook on the backend's main thread: `newval` is NULL
+/// or points at NULL or a NUL-terminated string valid for the call, and the GUC machinery reads
+/// the error detail and code set here once the hook returns.
 unsafe fn check_string(
     newval: *mut *mut std::ffi::c_char,
     parse: impl Fn(&str) -> Result<(), String>,
 ) -> bool {
-    let raw = unsafe {
-        if newval.is_null() || (*newval).is_null() {
-            return true;
-        }
-        CStr::from_ptr(*newval).to_string_lossy().into_owned()
-    };
+    if newval.is_null() {
+        return true;
+    }
+    // SAFETY: the caller guarantees a non-NULL `newval` points at the candidate value's pointer.
+    let value = unsafe { *newval };
+    if value.is_null() {
+        return true;
+    }
+    // SAFETY: GUC string values are NUL-terminated and stay valid while the check hook runs.
+    let raw = unsafe { CStr::from_ptr(value) }
+        .to_string_lossy()
+        .into_owned();
     match parse(&raw) {
         Ok(()) => true,
         Err(msg) => {
             let detail = CString::new(msg).unwrap_or_default();
+            // SAFETY: inside a check hook (the caller's contract), where GUC_check_errcode only
+            // records the code for the GUC machinery's report.
             unsafe {
                 pgrx::pg_sys::GUC_check_errcode(
                     pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32,
-                );
-                pgrx::pg_sys::GUC_check_errdetail_string = pgrx::pg_sys::pstrdup(detail.as_ptr());
-            }
+                )
+            };
+            // SAFETY: `detail` is NUL-terminated; the copy is palloc'd in the current memory
+            // context, which outlives the GUC machinery's report of this hook's failure.
+            let copy = unsafe { pgrx::pg_sys::pstrdup(detail.as_ptr()) };
+            // SAFETY: a static that only this backend's main thread touches; the GUC machinery
+            // cleared it before calling the hook and reads it after the hook returns false.
+            unsafe { pgrx::pg_sys::GUC_check_errdetail_string = copy };
             false
         }
     }

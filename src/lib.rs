@@ -1,21 +1,31 @@
 //! webhook: row changes to signed HTTP webhooks, from inside PostgreSQL.
 //!
 //! capture (trigger) -> webhook.delivery (queue table) -> worker (claim, sign, send, record).
+//!
+//! - `capture`: the write path, inside the writer's transaction: trigger, plan cache, payload,
+//!   enqueue. Never does network I/O.
+//! - `api`: the SQL functions, one file per thing they manage.
+//! - `worker`: the background worker: claims, sender pool, outcome recording.
+//! - `http`: the one HTTP client, used by the worker and by `test_endpoint`.
+//! - Pure modules with unit tests: `endpoint` and `subscription` (validated options), `sign`,
+//!   `schedule`, `network`, `delivery` (the queue's states); leaves: `guc`, `error`, `shmem`.
 
 mod api;
 mod capture;
+mod delivery;
 mod endpoint;
-mod enqueue;
 mod error;
 mod guc;
+mod http;
 mod network;
-mod payload;
 mod schedule;
 mod shmem;
 mod sign;
 mod subscription;
-mod table;
 mod worker;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
 
 use pgrx::prelude::*;
 
@@ -33,6 +43,8 @@ pub extern "C-unwind" fn _PG_init() {
         shmem::init();
         worker::register();
     }
+    // SAFETY: called from _PG_init on the main thread after the extension's GUCs are defined,
+    // as PostgreSQL documents; the prefix is a NUL-terminated static string.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"webhook".as_ptr()) };
 }
 

@@ -1,5 +1,6 @@
 //! Retry arithmetic (SPEC §4): the one place that decides what follows an attempt.
 
+use crate::delivery::Status;
 use std::time::Duration;
 
 /// Parse a duration such as `250ms`, `4s`, `2min`, `1h` (a bare number means seconds).
@@ -59,11 +60,20 @@ pub enum Next {
 }
 
 impl Next {
-    pub fn as_str(&self) -> &'static str {
+    /// The delivery's status after this step.
+    pub fn status(self) -> Status {
         match self {
-            Next::Delivered => "delivered",
-            Next::RetryAfter(_) => "retry",
-            Next::Failed => "failed",
+            Next::Delivered => Status::Delivered,
+            Next::RetryAfter(_) => Status::Pending,
+            Next::Failed => Status::Failed,
+        }
+    }
+
+    /// How long until the next attempt, when there is one.
+    pub fn retry_in(self) -> Option<Duration> {
+        match self {
+            Next::RetryAfter(d) => Some(d),
+            _ => None,
         }
     }
 }
@@ -100,14 +110,14 @@ mod tests {
         Duration::from_secs(secs)
     }
 
-    const DEFAULT_RETRY_DELAYS: &str = "4s,8s,16s,32s,64s";
+    /// The setting's own default, as `webhook.retry_delays` registers it.
+    fn default_delays() -> Vec<Duration> {
+        parse_delays(crate::guc::DEFAULT_RETRY_DELAYS.to_str().unwrap()).unwrap()
+    }
 
     #[test]
     fn default_schedule_is_the_documented_one() {
-        assert_eq!(
-            parse_delays(DEFAULT_RETRY_DELAYS).unwrap(),
-            vec![s(4), s(8), s(16), s(32), s(64)]
-        );
+        assert_eq!(default_delays(), vec![s(4), s(8), s(16), s(32), s(64)]);
     }
 
     #[test]
@@ -124,7 +134,7 @@ mod tests {
 
     #[test]
     fn six_attempts_then_failed() {
-        let d = parse_delays(DEFAULT_RETRY_DELAYS).unwrap();
+        let d = default_delays();
         let waits: Vec<Next> = (1..=6).map(|a| next_step(false, a, &d, None)).collect();
         assert_eq!(
             waits,

@@ -1,10 +1,12 @@
 //! The delivery worker: claim due deliveries, hand them to the sender threads, record outcomes.
-//! Only this main thread calls PostgreSQL.
+//! Only this main thread calls PostgreSQL; an error here ends the process (PostgreSQL restarts
+//! it after a second), and leases make sure nothing claimed is lost.
 
-mod queue;
-pub mod sender;
+mod claim;
+mod sender;
 
-use crate::{guc, shmem};
+use crate::error::OrRaise;
+use crate::{guc, http, shmem};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use sender::{Outcome, Pool};
@@ -67,41 +69,56 @@ impl Settings {
 }
 
 fn shutdown_requested() -> bool {
+    // SAFETY: a volatile read of a sig_atomic_t flag that pgrx's SIGTERM handler sets on this
+    // (the main) thread, the way PostgreSQL's C code reads it.
     unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
 }
 
 /// Reread postgresql.conf after a SIGHUP; true when it did.
 fn reload_config_if_asked() -> bool {
-    unsafe {
-        if std::ptr::read_volatile(&raw const pg_sys::ConfigReloadPending) == 0 {
-            return false;
-        }
-        std::ptr::write_volatile(&raw mut pg_sys::ConfigReloadPending, 0);
-        pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+    // SAFETY: a volatile read of a sig_atomic_t flag that pgrx's SIGHUP handler sets on this (the
+    // main) thread, the way PostgreSQL's C code reads it.
+    if unsafe { std::ptr::read_volatile(&raw const pg_sys::ConfigReloadPending) } == 0 {
+        return false;
     }
+    // SAFETY: as above; cleared before rereading, so a SIGHUP arriving meanwhile is not lost.
+    unsafe { std::ptr::write_volatile(&raw mut pg_sys::ConfigReloadPending, 0) };
+    // SAFETY: called on the worker's main thread outside any transaction, as PostgreSQL's own
+    // background processes do on SIGHUP.
+    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
     true
 }
 
 /// Sleep on the latch; after a wake-up from idle (a commit), let further commits gather first.
 fn wait(timeout: Duration, idle: bool) {
-    unsafe {
-        let events = pg_sys::WaitLatch(
+    // SAFETY: MyLatch is this process's own latch, set by PostgreSQL before any extension code
+    // runs; only the main thread waits on it.
+    let events = unsafe {
+        pg_sys::WaitLatch(
             pg_sys::MyLatch,
             (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
             timeout.as_millis().min(i64::MAX as u128) as i64,
             pg_sys::PG_WAIT_EXTENSION,
-        );
-        if idle && events & pg_sys::WL_LATCH_SET as i32 != 0 && !shutdown_requested() {
-            std::thread::sleep(WAKE_DEBOUNCE);
-        }
-        pg_sys::ResetLatch(pg_sys::MyLatch);
+        )
+    };
+    if idle && events & pg_sys::WL_LATCH_SET as i32 != 0 && !shutdown_requested() {
+        std::thread::sleep(WAKE_DEBOUNCE);
     }
+    // SAFETY: as above; the caller's loop checks its flags after this reset, so no wake-up is lost.
+    unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
     pgrx::check_for_interrupts!();
+}
+
+/// Run one step in its own transaction; an error is raised, which ends the worker.
+fn step<R>(
+    f: impl FnOnce() -> crate::error::Result<R> + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
+) -> R {
+    BackgroundWorker::transaction(|| f().or_raise())
 }
 
 fn record(outcomes: &[Outcome], delays: &[Duration]) {
     if !outcomes.is_empty() {
-        BackgroundWorker::transaction(|| queue::record(outcomes, delays));
+        step(|| claim::record(outcomes, delays));
     }
 }
 
@@ -113,8 +130,7 @@ fn apply_retention() -> bool {
     }
     let mut removed = 0;
     while removed < RETENTION_PASS_MAX {
-        let n =
-            BackgroundWorker::transaction(|| queue::purge_delivered(retention, RETENTION_BATCH));
+        let n = step(|| claim::purge_delivered(retention, RETENTION_BATCH));
         removed += n;
         if n < RETENTION_BATCH || shutdown_requested() {
             break;
@@ -126,6 +142,138 @@ fn apply_retention() -> bool {
     removed < RETENTION_PASS_MAX
 }
 
+/// What the main loop keeps between iterations.
+struct Loop {
+    slot: usize,
+    pool: Pool,
+    policy: http::SharedPolicy,
+    /// Requests in flight, per endpoint.
+    in_flight: HashMap<i64, usize>,
+    /// Whether the extension exists in this database yet.
+    ready: bool,
+    last_retention: Option<Instant>,
+    cursors: claim::Cursors,
+    last_rescan: Instant,
+}
+
+impl Loop {
+    fn new(slot: usize) -> Loop {
+        let policy = http::SharedPolicy::new(guc::network_policy().into());
+        Loop {
+            slot,
+            pool: Pool::new(policy.clone()),
+            policy,
+            in_flight: HashMap::new(),
+            ready: false,
+            last_retention: None,
+            cursors: claim::Cursors::default(),
+            last_rescan: Instant::now(),
+        }
+    }
+
+    fn total_in_flight(&self) -> usize {
+        self.in_flight.values().sum()
+    }
+
+    /// Reread settings after a SIGHUP; the first worker removes old deliveries once a minute.
+    fn housekeeping(&mut self) {
+        if reload_config_if_asked() {
+            *self.policy.write().unwrap_or_else(|p| p.into_inner()) = guc::network_policy();
+            self.last_retention = None;
+        }
+        let due = self
+            .last_retention
+            .is_none_or(|t| t.elapsed() >= RETENTION_EVERY);
+        if self.slot == 0 && self.ready && due {
+            // A pass that stopped at its cap left more behind: take the next one on the next loop.
+            self.last_retention = apply_retention().then(Instant::now);
+        }
+        if !self.ready {
+            self.ready = step(claim::ready);
+        }
+    }
+
+    /// Record the outcomes the sender threads have finished.
+    fn collect_outcomes(&mut self, settings: &Settings) {
+        let done = self.pool.finished();
+        for outcome in &done {
+            if let Some(n) = self.in_flight.get_mut(&outcome.endpoint_id) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        record(&done, &settings.delays);
+    }
+
+    /// Claim what is due and hand it to the senders; returns how long the loop may sleep.
+    fn claim_and_send(&mut self, settings: &Settings) -> Duration {
+        let total_in_flight = self.total_in_flight();
+        let free = settings.concurrency.saturating_sub(total_in_flight) as i64;
+        if !self.ready || free == 0 {
+            return IDLE_POLL;
+        }
+        let limit = free.min(settings.batch);
+        let lease = settings.timeout + LEASE_MARGIN;
+        if self.last_rescan.elapsed() >= RESCAN_EVERY {
+            self.cursors.clear();
+            self.last_rescan = Instant::now();
+        }
+        let caps = claim::Caps {
+            per_endpoint: settings.per_endpoint,
+            in_flight: &self.in_flight,
+        };
+        let timeout = settings.timeout;
+        // An error ends the worker process, so the cursors cannot be seen half-updated.
+        let cursors = std::panic::AssertUnwindSafe(&mut self.cursors);
+        let (jobs, next_due) = step(move || {
+            let cursors = cursors;
+            let jobs = claim::claim(limit, lease, timeout, &caps, cursors.0)?;
+            // While requests are in flight their outcomes wake the loop; the next due time
+            // (a scan from the front of the index) matters only to an idle worker.
+            let next_due = if (jobs.len() as i64) >= limit {
+                Some(0.0)
+            } else if jobs.is_empty() && total_in_flight == 0 {
+                claim::next_due()?
+            } else {
+                None
+            };
+            Ok((jobs, next_due))
+        });
+        let claimed = jobs.len();
+        for job in jobs {
+            *self
+                .in_flight
+                .entry(job.destination.endpoint_id)
+                .or_default() += 1;
+            self.pool.submit(job);
+        }
+        let Some(secs) = next_due else {
+            return IDLE_POLL;
+        };
+        let due_in = Duration::from_secs_f64(secs.max(0.0));
+        // Overdue work that could not be claimed is held back by the per-endpoint cap or by
+        // another worker's lock: only an outcome or a commit can change that, so wait.
+        IDLE_POLL.min(if claimed == 0 {
+            due_in.max(RESULT_POLL)
+        } else {
+            due_in
+        })
+    }
+
+    /// Record what finishes within the grace period; the rest is resent after its lease.
+    fn shut_down(self) {
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        let mut done = Vec::new();
+        let total_in_flight = self.total_in_flight();
+        while total_in_flight > done.len() && Instant::now() < deadline {
+            done.extend(self.pool.finished());
+            std::thread::sleep(RESULT_POLL);
+        }
+        record(&done, &guc::retry_delays());
+        shmem::withdraw_latch(self.slot);
+        log!("webhook delivery worker {} stopped", self.slot);
+    }
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
@@ -133,87 +281,18 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = guc::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    BackgroundWorker::transaction(queue::configure_session);
+    step(claim::configure_session);
     shmem::publish_latch(slot);
     log!("webhook delivery worker {slot} started in database \"{database}\"");
 
-    let policy = sender::SharedPolicy::new(guc::network_policy().into());
-    let mut pool = Pool::new(policy.clone());
-    // Requests in flight, per endpoint.
-    let mut in_flight: HashMap<i64, usize> = HashMap::new();
-    let mut ready = false;
-    let mut last_retention: Option<Instant> = None;
-    let mut cursors = queue::Cursors::default();
-    let mut last_rescan = Instant::now();
+    let mut worker = Loop::new(slot);
     while !shutdown_requested() {
-        if reload_config_if_asked() {
-            *policy.write().unwrap_or_else(|p| p.into_inner()) = guc::network_policy();
-            last_retention = None;
-        }
-        if slot == 0 && ready && last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
-            // A pass that stopped at its cap left more behind: take the next one on the next loop.
-            last_retention = apply_retention().then(Instant::now);
-        }
+        worker.housekeeping();
         let settings = Settings::read();
-        pool.ensure_threads(settings.concurrency);
-
-        let done = pool.finished();
-        for outcome in &done {
-            if let Some(n) = in_flight.get_mut(&outcome.endpoint_id) {
-                *n = n.saturating_sub(1);
-            }
-        }
-        record(&done, &settings.delays);
-        let total_in_flight: usize = in_flight.values().sum();
-
-        let mut sleep = IDLE_POLL;
-        if !ready {
-            ready = BackgroundWorker::transaction(queue::ready);
-        }
-        let free = settings.concurrency.saturating_sub(total_in_flight) as i64;
-        if ready && free > 0 {
-            let limit = free.min(settings.batch);
-            let lease = settings.timeout + LEASE_MARGIN;
-            let caps = queue::Caps {
-                per_endpoint: settings.per_endpoint,
-                in_flight: &in_flight,
-            };
-            if last_rescan.elapsed() >= RESCAN_EVERY {
-                cursors.clear();
-                last_rescan = Instant::now();
-            }
-            // An error ends the worker process, so the cursors cannot be seen half-updated.
-            let mut cursors = std::panic::AssertUnwindSafe(&mut cursors);
-            let (jobs, next_due) = BackgroundWorker::transaction(move || {
-                let jobs = queue::claim(limit, lease, settings.timeout, &caps, &mut cursors);
-                // While requests are in flight their outcomes wake the loop; the next due time
-                // (a scan from the front of the index) matters only to an idle worker.
-                let next_due = if (jobs.len() as i64) >= limit {
-                    Some(0.0)
-                } else if jobs.is_empty() && total_in_flight == 0 {
-                    queue::next_due()
-                } else {
-                    None
-                };
-                (jobs, next_due)
-            });
-            let claimed = jobs.len();
-            for job in jobs {
-                *in_flight.entry(job.destination.endpoint_id).or_default() += 1;
-                pool.submit(job);
-            }
-            if let Some(secs) = next_due {
-                let due_in = Duration::from_secs_f64(secs.max(0.0));
-                // Overdue work that could not be claimed is held back by the per-endpoint cap or
-                // by another worker's lock: only an outcome or a commit can change that, so wait.
-                sleep = sleep.min(if claimed == 0 {
-                    due_in.max(RESULT_POLL)
-                } else {
-                    due_in
-                });
-            }
-        }
-        let busy = in_flight.values().any(|n| *n > 0);
+        worker.pool.ensure_threads(settings.concurrency);
+        worker.collect_outcomes(&settings);
+        let mut sleep = worker.claim_and_send(&settings);
+        let busy = worker.total_in_flight() > 0;
         if busy {
             sleep = sleep.min(RESULT_POLL);
         }
@@ -221,16 +300,5 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
             wait(sleep, !busy);
         }
     }
-
-    // Record what finishes within the grace period; the rest is resent after its lease.
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
-    let mut done = Vec::new();
-    let total_in_flight: usize = in_flight.values().sum();
-    while total_in_flight > done.len() && Instant::now() < deadline {
-        done.extend(pool.finished());
-        std::thread::sleep(RESULT_POLL);
-    }
-    record(&done, &guc::retry_delays());
-    shmem::withdraw_latch(slot);
-    log!("webhook delivery worker {slot} stopped");
+    worker.shut_down();
 }

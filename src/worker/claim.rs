@@ -1,16 +1,20 @@
-//! The worker's side of the queue table: claim due deliveries under a lease, record outcomes.
-//! Every statement handles a whole batch.
+//! The worker's side of the queue table: claim due deliveries under a lease, record outcomes,
+//! remove delivered ones past retention. Every statement handles a whole batch, is prepared
+//! once per worker, and has one plan whatever the queue's statistics say.
 
-use super::sender::{Destination, Job, Outcome};
-use crate::schedule::{self, Next};
+use super::sender::{Job, Outcome};
+use crate::delivery::{self, Status};
+use crate::error::{Result, WebhookError};
+use crate::http::{Destination, DESTINATION_COLUMNS};
+use crate::schedule;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{JsonB, PgBuiltInOids, PgOid};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::{PgBuiltInOids, PgOid};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 /// Session settings under which every statement below has one plan, whatever the statistics
@@ -32,10 +36,11 @@ pub const PLANNER_SETTINGS: &[(&str, &str)] = &[
 ];
 
 /// Apply PLANNER_SETTINGS to this session.
-pub fn configure_session() {
+pub fn configure_session() -> Result<()> {
     for (name, value) in PLANNER_SETTINGS {
-        Spi::run(&format!("SET {name} = {value}")).expect("setting a planner option");
+        Spi::run(&format!("SET {name} = {value}"))?;
     }
+    Ok(())
 }
 
 const CLAIM_SQL: &str = "
@@ -76,35 +81,32 @@ WITH due AS (
     FROM due WHERE status = 'delivering'
     ON CONFLICT DO NOTHING
 )
-SELECT c.id, c.endpoint_id, c.attempts, c.cycle_start, c.payload, due.next_attempt_at
+SELECT c.id, c.endpoint_id, c.attempts, c.cycle_start, c.payload, due.next_attempt_at AS was_due
 FROM claimed c JOIN due ON due.id = c.id";
-
-const DESTINATIONS_SQL: &str = "
-SELECT id, url, method, headers, secret,
-       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END
-FROM webhook.endpoint WHERE id = ANY($1)";
 
 // The queue is reached by primary key only (`id = ANY($1)`, see PLANNER_SETTINGS). An outcome
 // updates its delivery only while the delivery is still on the outcome's attempt: every claim
 // increments `attempts`, and only a claim moves a delivery into `delivering`, so that guard
 // alone says the delivery is still the one sent. (A test of `status` here would make the partial
-// index delivery_due a candidate.) Attempts are recorded for the outcomes that were applied.
+// index delivery_due a candidate.) Each outcome carries the delivery's next status, the wait
+// before a retry (NULL: none) and whether it was delivered; attempts are recorded for the
+// outcomes that were applied.
 const RECORD_SQL: &str = "
 WITH r AS (
     SELECT * FROM unnest($1::int8[], $2::int4[], $3::float8[], $4::float8[], $5::int4[],
-                         $6::text[], $7::text[], $8::float8[], $9::text[])
-        AS r(id, attempt, started, duration_ms, status_code, error, next, delay_ms, body)
+                         $6::text[], $7::text[], $8::float8[], $9::bool[], $10::text[])
+        AS r(id, attempt, started, duration_ms, status_code, error, status, retry_in_ms,
+             delivered, body)
 ), recorded AS (
     UPDATE webhook.delivery d SET
         (status, next_attempt_at, last_status_code, last_error, delivered_at) = (
-            SELECT CASE r.next WHEN 'retry' THEN 'pending' ELSE r.next END,
-                   CASE WHEN r.next = 'retry' THEN now() + r.delay_ms * interval '1 millisecond'
-                        ELSE d.next_attempt_at END,
+            SELECT r.status,
+                   coalesce(now() + r.retry_in_ms * interval '1 millisecond', d.next_attempt_at),
                    r.status_code,
                    r.error,
-                   CASE WHEN r.next = 'delivered' THEN now() ELSE d.delivered_at END
+                   CASE WHEN r.delivered THEN now() ELSE d.delivered_at END
             FROM r WHERE r.id = d.id AND r.attempt = d.attempts)
-    WHERE d.id = ANY($1) AND (d.id, d.attempts) = ANY (ARRAY(SELECT (r.id, r.attempt) FROM r))
+    WHERE d.id = ANY ($1) AND (d.id, d.attempts) = ANY (ARRAY(SELECT (r.id, r.attempt) FROM r))
     RETURNING d.id, d.attempts
 )
 INSERT INTO webhook.attempt
@@ -132,23 +134,24 @@ CROSS JOIN LATERAL (
 ) d
 WHERE e.enabled";
 
-// Oldest first through delivery_delivered (the only index in that order), then by primary key.
-const RETENTION_SQL: &str = "
-WITH gone AS (
-    DELETE FROM webhook.delivery WHERE id = ANY (ARRAY(
-        SELECT id FROM webhook.delivery
-        WHERE status = 'delivered' AND delivered_at < now() - $1 * interval '1 second'
-        ORDER BY delivered_at
-        LIMIT $2))
-    RETURNING id
-), attempts AS (
-    DELETE FROM webhook.attempt WHERE delivery_id = ANY (ARRAY(SELECT id FROM gone))
-)
-SELECT count(*) FROM gone";
-
 const READY_SQL: &str =
     "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'webhook')";
 
+// Oldest first through delivery_delivered (the only index in that order).
+static RETENTION_SQL: LazyLock<String> = LazyLock::new(|| {
+    delivery::delete_sql(
+        "SELECT id FROM webhook.delivery
+         WHERE status = 'delivered' AND delivered_at < now() - $1 * interval '1 second'
+         ORDER BY delivered_at
+         LIMIT $2",
+    )
+});
+
+static DESTINATIONS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {DESTINATION_COLUMNS} FROM webhook.endpoint WHERE id = ANY($1)")
+});
+
+/// A statement's text and its parameters' types.
 type Statement = (&'static str, &'static [PgBuiltInOids]);
 use pgrx::pg_sys::BuiltinOid::{
     BOOLARRAYOID, FLOAT8ARRAYOID, FLOAT8OID, INT4ARRAYOID, INT4OID, INT8ARRAYOID, INT8OID,
@@ -167,7 +170,6 @@ const CLAIM: Statement = (
         INT8ARRAYOID,
     ],
 );
-const DESTINATIONS: Statement = (DESTINATIONS_SQL, &[INT8ARRAYOID]);
 const RECORD: Statement = (
     RECORD_SQL,
     &[
@@ -179,6 +181,7 @@ const RECORD: Statement = (
         TEXTARRAYOID,
         TEXTARRAYOID,
         FLOAT8ARRAYOID,
+        BOOLARRAYOID,
         TEXTARRAYOID,
     ],
 );
@@ -187,7 +190,12 @@ const HEALTH: Statement = (
     &[INT8ARRAYOID, BOOLARRAYOID, INT4ARRAYOID, BOOLARRAYOID],
 );
 const NEXT_DUE: Statement = (NEXT_DUE_SQL, &[]);
-const RETENTION: Statement = (RETENTION_SQL, &[INT4OID, INT8OID]);
+fn destinations() -> Statement {
+    (DESTINATIONS_SQL.as_str(), &[INT8ARRAYOID])
+}
+fn retention() -> Statement {
+    (RETENTION_SQL.as_str(), &[INT4OID, INT8OID])
+}
 
 /// The worker's statements, parsed and planned once per worker (the claim runs hundreds of
 /// times a second under load; planning it each time cost more than running it).
@@ -205,43 +213,36 @@ thread_local! {
 }
 
 /// Prepared on first use, inside the caller's transaction, once the extension exists.
-fn statements() -> Rc<Statements> {
+fn statements() -> Result<Rc<Statements>> {
     if let Some(s) = STATEMENTS.with(|s| s.borrow().clone()) {
-        return s;
+        return Ok(s);
     }
-    let prepared = Spi::connect(|c| {
+    let prepared = Spi::connect(|c| -> Result<Statements> {
         let types =
             |args: &[PgBuiltInOids]| args.iter().map(|t| PgOid::BuiltIn(*t)).collect::<Vec<_>>();
-        let write = |(sql, args): (&str, &[PgBuiltInOids])| {
-            c.prepare_mut(sql, &types(args))
-                .unwrap_or_else(|e| panic!("preparing a worker statement: {e}"))
-                .keep()
+        let write = |(sql, args): Statement| -> Result<OwnedPreparedStatement> {
+            Ok(c.prepare_mut(sql, &types(args))?.keep())
         };
-        let read = |(sql, args): (&str, &[PgBuiltInOids])| {
-            c.prepare(sql, &types(args))
-                .unwrap_or_else(|e| panic!("preparing a worker statement: {e}"))
-                .keep()
+        let read = |(sql, args): Statement| -> Result<OwnedPreparedStatement> {
+            Ok(c.prepare(sql, &types(args))?.keep())
         };
-        Statements {
-            claim: write(CLAIM),
-            destinations: read(DESTINATIONS),
-            record: write(RECORD),
-            health: write(HEALTH),
-            next_due: read(NEXT_DUE),
-            retention: write(RETENTION),
-        }
-    });
+        Ok(Statements {
+            claim: write(CLAIM)?,
+            destinations: read(destinations())?,
+            record: write(RECORD)?,
+            health: write(HEALTH)?,
+            next_due: read(NEXT_DUE)?,
+            retention: write(retention())?,
+        })
+    })?;
     let prepared = Rc::new(prepared);
     STATEMENTS.with(|s| *s.borrow_mut() = Some(prepared.clone()));
-    prepared
+    Ok(prepared)
 }
 
 /// Is the extension created in this database?
-pub fn ready() -> bool {
-    Spi::get_one::<bool>(READY_SQL)
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+pub fn ready() -> Result<bool> {
+    Ok(Spi::get_one::<bool>(READY_SQL)?.unwrap_or(false))
 }
 
 /// How many requests each endpoint may have in flight, and how many it has.
@@ -256,6 +257,15 @@ impl Caps<'_> {
         let busy = self.in_flight.get(&endpoint).copied().unwrap_or(0) as i64;
         (self.per_endpoint as i64 - busy).min(limit).max(0)
     }
+
+    /// The endpoints with requests in flight, and how many each has (the claim's $4 and $5).
+    fn busy(&self) -> (Vec<i64>, Vec<i32>) {
+        self.in_flight
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(e, n)| (*e, *n as i32))
+            .unzip()
+    }
 }
 
 /// Per endpoint, the last delivery claimed (`next_attempt_at` as it was, id): the next claim
@@ -268,6 +278,39 @@ impl Cursors {
     pub fn clear(&mut self) {
         self.0.clear();
     }
+
+    /// The cursors as the claim's $6, $7 and $8.
+    fn as_arrays(&self) -> (Vec<i64>, Vec<TimestampWithTimeZone>, Vec<i64>) {
+        let mut arrays = (Vec::new(), Vec::new(), Vec::new());
+        for (endpoint, (at, id)) in &self.0 {
+            arrays.0.push(*endpoint);
+            arrays.1.push(*at);
+            arrays.2.push(*id);
+        }
+        arrays
+    }
+
+    /// Move an endpoint's cursor forward to a claimed row.
+    fn advance(&mut self, endpoint: i64, at: TimestampWithTimeZone, id: i64) {
+        let cursor = self.0.entry(endpoint).or_insert((at, id));
+        if (at, id) > *cursor {
+            *cursor = (at, id);
+        }
+    }
+}
+
+/// One claimed row, before its destination is known.
+struct Claimed {
+    id: i64,
+    endpoint_id: i64,
+    attempts: i32,
+    cycle_start: i32,
+    payload: String,
+}
+
+fn column<T: IntoDatum + FromDatum>(row: &pgrx::spi::SpiHeapTupleData, name: &str) -> Result<T> {
+    row.get_by_name(name)?
+        .ok_or_else(|| WebhookError::Internal(format!("claimed row without {name}")))
 }
 
 /// Claim up to `limit` due deliveries; each becomes a job leased for `lease`.
@@ -277,144 +320,101 @@ pub fn claim(
     timeout: Duration,
     caps: &Caps,
     cursors: &mut Cursors,
-) -> Vec<Job> {
-    let (busy_ids, busy_counts): (Vec<i64>, Vec<i32>) = caps
-        .in_flight
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(e, n)| (*e, *n as i32))
-        .unzip();
-    let mut cursor_ids = Vec::new();
-    let mut cursor_at = Vec::new();
-    let mut cursor_last = Vec::new();
-    for (endpoint, (at, id)) in &cursors.0 {
-        cursor_ids.push(*endpoint);
-        cursor_at.push(*at);
-        cursor_last.push(*id);
-    }
-    let statements = statements();
+) -> Result<Vec<Job>> {
+    let (busy_ids, busy_counts) = caps.busy();
+    let (cursor_ids, cursor_at, cursor_last) = cursors.as_arrays();
+    let statements = statements()?;
     Spi::connect_mut(|client| {
-        let rows = client
-            .update(
-                &statements.claim,
-                None,
-                &[
-                    limit.into(),
-                    (lease.as_millis() as f64).into(),
-                    caps.per_endpoint.into(),
-                    busy_ids.into(),
-                    busy_counts.into(),
-                    cursor_ids.into(),
-                    cursor_at.into(),
-                    cursor_last.into(),
-                ],
-            )
-            .expect("claiming deliveries");
-        let mut claimed_per_endpoint: HashMap<i64, i64> = HashMap::new();
-        let claimed: Vec<(i64, i64, i32, i32, String)> = rows
-            .into_iter()
-            .map(|r| {
-                let id: i64 = r.get(1).expect("id").unwrap_or_default();
-                let endpoint_id: i64 = r.get(2).expect("endpoint_id").unwrap_or_default();
-                let was_due: Option<TimestampWithTimeZone> = r.get(6).expect("was_due");
-                *claimed_per_endpoint.entry(endpoint_id).or_default() += 1;
-                if let Some(at) = was_due {
-                    let cursor = cursors.0.entry(endpoint_id).or_insert((at, id));
-                    if (at, id) > *cursor {
-                        *cursor = (at, id);
-                    }
-                }
-                (
-                    id,
-                    endpoint_id,
-                    r.get(3).expect("attempts").unwrap_or_default(),
-                    r.get(4).expect("cycle_start").unwrap_or_default(),
-                    r.get(5).expect("payload").unwrap_or_default(),
-                )
-            })
-            .collect();
+        let args = [
+            limit.into(),
+            (lease.as_millis() as f64).into(),
+            caps.per_endpoint.into(),
+            busy_ids.into(),
+            busy_counts.into(),
+            cursor_ids.into(),
+            cursor_at.into(),
+            cursor_last.into(),
+        ];
+        let mut per_endpoint: HashMap<i64, i64> = HashMap::new();
+        let mut claimed = Vec::new();
+        for row in client.update(&statements.claim, None, &args)? {
+            let c = Claimed {
+                id: column(&row, "id")?,
+                endpoint_id: column(&row, "endpoint_id")?,
+                attempts: column(&row, "attempts")?,
+                cycle_start: column(&row, "cycle_start")?,
+                payload: column(&row, "payload")?,
+            };
+            *per_endpoint.entry(c.endpoint_id).or_default() += 1;
+            cursors.advance(c.endpoint_id, column(&row, "was_due")?, c.id);
+            claimed.push(c);
+        }
         // An endpoint that got fewer rows than it was allowed has nothing more due after its
         // cursor: its next claim scans from the start.
         cursors.0.retain(|endpoint, _| {
-            claimed_per_endpoint.get(endpoint).copied().unwrap_or(0)
-                >= caps.allowance(*endpoint, limit)
+            per_endpoint.get(endpoint).copied().unwrap_or(0) >= caps.allowance(*endpoint, limit)
         });
         if claimed.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let mut endpoint_ids: Vec<i64> = claimed.iter().map(|c| c.1).collect();
-        endpoint_ids.sort_unstable();
-        endpoint_ids.dedup();
-        let destinations: HashMap<i64, Arc<Destination>> = client
-            .select(&statements.destinations, None, &[endpoint_ids.into()])
-            .expect("loading endpoints")
-            .map(|r| {
-                let id: i64 = r.get(1).expect("id").unwrap_or_default();
-                let headers: Option<JsonB> = r.get(4).expect("headers");
-                let headers = headers
-                    .and_then(|h| h.0.as_object().cloned())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
-                    .collect();
-                let secrets = [
-                    r.get::<String>(5).expect("secret"),
-                    r.get::<String>(6).expect("previous"),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
-                let dest = Destination {
-                    endpoint_id: id,
-                    url: r.get(2).expect("url").unwrap_or_default(),
-                    method: r.get(3).expect("method").unwrap_or_default(),
-                    headers,
-                    secrets,
-                };
-                (id, Arc::new(dest))
-            })
-            .collect();
-        claimed
+        let destinations = load_destinations(client, &statements, per_endpoint.into_keys())?;
+        Ok(claimed
             .into_iter()
-            .filter_map(|(id, endpoint_id, attempts, cycle_start, payload)| {
+            .filter_map(|c| {
                 Some(Job {
-                    delivery_id: id,
-                    attempt: attempts,
-                    attempt_in_cycle: attempts - cycle_start,
-                    destination: destinations.get(&endpoint_id)?.clone(),
-                    body: payload,
+                    delivery_id: c.id,
+                    attempt: c.attempts,
+                    attempt_in_cycle: c.attempts - c.cycle_start,
+                    destination: destinations.get(&c.endpoint_id)?.clone(),
+                    body: c.payload,
                     timeout,
                 })
             })
-            .collect()
+            .collect())
     })
 }
 
+/// The destinations of the given endpoints, by endpoint id.
+fn load_destinations(
+    client: &SpiClient,
+    statements: &Statements,
+    endpoints: impl Iterator<Item = i64>,
+) -> Result<HashMap<i64, Arc<Destination>>> {
+    let ids: Vec<i64> = endpoints.collect();
+    client
+        .select(&statements.destinations, None, &[ids.into()])?
+        .map(|row| {
+            let dest = Destination::from_row(&row)?;
+            Ok((dest.endpoint_id, Arc::new(dest)))
+        })
+        .collect()
+}
+
 /// Seconds until the next delivery falls due (negative when overdue), if any is queued.
-pub fn next_due() -> Option<f64> {
-    let statements = statements();
+pub fn next_due() -> Result<Option<f64>> {
+    let statements = statements()?;
     Spi::connect(|client| {
-        client
-            .select(&statements.next_due, None, &[])
-            .and_then(|rows| rows.first().get_one::<f64>())
-            .ok()
-            .flatten()
+        Ok(client
+            .select(&statements.next_due, None, &[])?
+            .first()
+            .get_one::<f64>()?)
     })
 }
 
 /// Record finished attempts: one attempt row each, the delivery's next state, endpoint health.
-pub fn record(outcomes: &[Outcome], delays: &[Duration]) {
+pub fn record(outcomes: &[Outcome], delays: &[Duration]) -> Result<()> {
     if outcomes.is_empty() {
-        return;
+        return Ok(());
     }
     let mut ids = Vec::new();
     let mut attempts = Vec::new();
     let mut started = Vec::new();
     let mut durations = Vec::new();
-    let mut statuses: Vec<Option<i32>> = Vec::new();
+    let mut codes: Vec<Option<i32>> = Vec::new();
     let mut errors: Vec<Option<String>> = Vec::new();
-    let mut nexts = Vec::new();
-    let mut delay_ms = Vec::new();
+    let mut statuses = Vec::new();
+    let mut retry_in_ms: Vec<Option<f64>> = Vec::new();
+    let mut delivered = Vec::new();
     let mut bodies: Vec<Option<String>> = Vec::new();
     // Per endpoint, in completion order: (succeeded in this batch, failures since the last success, failed).
     let mut health: HashMap<i64, (bool, i32, bool)> = HashMap::new();
@@ -425,13 +425,11 @@ pub fn record(outcomes: &[Outcome], delays: &[Duration]) {
         attempts.push(o.attempt);
         started.push(r.started_at);
         durations.push(r.duration.as_secs_f64() * 1000.0);
-        statuses.push(r.status.map(i32::from));
+        codes.push(r.status.map(i32::from));
         errors.push(r.error.clone());
-        nexts.push(next.as_str().to_string());
-        delay_ms.push(match next {
-            Next::RetryAfter(d) => d.as_secs_f64() * 1000.0,
-            _ => 0.0,
-        });
+        statuses.push(next.status().as_sql());
+        retry_in_ms.push(next.retry_in().map(|d| d.as_secs_f64() * 1000.0));
+        delivered.push(next.status() == Status::Delivered);
         bodies.push(r.response_body.as_ref().map(|b| b.replace('\0', "")));
         let h = health.entry(o.endpoint_id).or_insert((false, 0, false));
         if r.success() {
@@ -447,55 +445,51 @@ pub fn record(outcomes: &[Outcome], delays: &[Duration]) {
         h_trailing.push(trailing);
         h_failed.push(failed);
     }
-    let statements = statements();
+    let statements = statements()?;
     Spi::connect_mut(|client| {
-        client
-            .update(
-                &statements.record,
-                None,
-                &[
-                    ids.into(),
-                    attempts.into(),
-                    started.into(),
-                    durations.into(),
-                    statuses.into(),
-                    errors.into(),
-                    nexts.into(),
-                    delay_ms.into(),
-                    bodies.into(),
-                ],
-            )
-            .expect("recording attempts");
-        client
-            .update(
-                &statements.health,
-                None,
-                &[
-                    h_ids.into(),
-                    h_ok.into(),
-                    h_trailing.into(),
-                    h_failed.into(),
-                ],
-            )
-            .expect("recording endpoint health");
-    });
+        client.update(
+            &statements.record,
+            None,
+            &[
+                ids.into(),
+                attempts.into(),
+                started.into(),
+                durations.into(),
+                codes.into(),
+                errors.into(),
+                statuses.into(),
+                retry_in_ms.into(),
+                delivered.into(),
+                bodies.into(),
+            ],
+        )?;
+        client.update(
+            &statements.health,
+            None,
+            &[
+                h_ids.into(),
+                h_ok.into(),
+                h_trailing.into(),
+                h_failed.into(),
+            ],
+        )?;
+        Ok(())
+    })
 }
 
 /// Delete up to `limit` delivered deliveries older than `retention_secs`; returns how many.
-pub fn purge_delivered(retention_secs: i32, limit: i64) -> i64 {
-    let statements = statements();
+pub fn purge_delivered(retention_secs: i32, limit: i64) -> Result<i64> {
+    let statements = statements()?;
     Spi::connect_mut(|client| {
-        client
+        Ok(client
             .update(
                 &statements.retention,
                 None,
                 &[retention_secs.into(), limit.into()],
-            )
-            .expect("retention purge")
+            )?
             .first()
-            .get_one::<i64>()
-            .expect("purge count")
-            .unwrap_or(0)
+            .get_one::<i64>()?
+            .unwrap_or(0))
     })
 }
 
@@ -510,6 +504,23 @@ mod tests {
 
     /// Per statement, the indexes of `webhook.delivery` it may scan, each with a fragment its
     /// index condition must contain (a scan with no condition would read the whole index).
+    fn expected() -> Vec<(
+        &'static str,
+        Statement,
+        &'static [(&'static str, &'static str)],
+    )> {
+        let mut all = EXPECTED.to_vec();
+        all.push((
+            "retention",
+            retention(),
+            &[
+                ("delivery_delivered", "delivered_at <"),
+                ("delivery_pkey", "id = ANY"),
+            ],
+        ));
+        all
+    }
+
     const EXPECTED: &[(&str, Statement, &[(&str, &str)])] = &[
         (
             "claim",
@@ -524,14 +535,6 @@ mod tests {
             "next_due",
             NEXT_DUE,
             &[("delivery_due", "endpoint_id = e.id")],
-        ),
-        (
-            "retention",
-            RETENTION,
-            &[
-                ("delivery_delivered", "delivered_at <"),
-                ("delivery_pkey", "id = ANY"),
-            ],
         ),
     ];
 
@@ -606,7 +609,7 @@ mod tests {
 
     #[pg_test]
     fn worker_plans_keep_to_their_indexes_whatever_the_statistics() {
-        configure_session();
+        configure_session().unwrap();
         Spi::run(
             "INSERT INTO webhook.endpoint (name, url, secret)
              VALUES ('plans', 'http://127.0.0.1:9/', 'whsec_plans')",
@@ -644,8 +647,8 @@ mod tests {
             for step in *steps {
                 Spi::run(step).unwrap();
             }
-            for (name, statement, allowed) in EXPECTED {
-                let plan = generic_plan(name, *statement);
+            for (name, statement, allowed) in expected() {
+                let plan = generic_plan(name, statement);
                 check_scans(&format!("{name}, queue {state}"), &plan[0]["Plan"], allowed);
             }
         }

@@ -6,7 +6,9 @@
 //! What this relies on, checked when first seen: the queue table's columns are the ones below,
 //! its indexes are on plain columns, and partial-index predicates test `status` only (every new
 //! delivery is `pending`, so whether an index takes new rows is decided once per index).
-//! No user code runs here: no triggers, defaults or constraint expressions on the queue table.
+//! No user code runs here: the queue table may have no triggers, no rules and no CHECK
+//! constraint but the extension's own on `status` (which a new `pending` row satisfies); a
+//! queue table that gained any of them is refused with an error naming it, never bypassed.
 
 use crate::error::WebhookError;
 use pgrx::pg_sys;
@@ -56,22 +58,46 @@ struct IndexSpec {
     info: *mut pg_sys::IndexInfo,
 }
 
+/// The one CHECK constraint of the extension's own queue table (sql/schema.sql).
+const OWN_CHECK: &str = "delivery_status_check";
+
 thread_local! {
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
     static LAYOUT: RefCell<Option<Rc<Layout>>> = const { RefCell::new(None) };
     static INDEXES: RefCell<HashMap<pg_sys::Oid, Rc<IndexSpec>>> = RefCell::new(HashMap::new());
     static QUEUE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
-/// Called for every relcache invalidation (capture registers the callback): the layout is
-/// rebuilt after the queue table's entry is invalidated (ALTER TABLE). Index specs are keyed by
-/// index OID, and an index's definition never changes under its OID.
-pub fn on_relcache_invalidation(relid: pg_sys::Oid) {
+/// The layout is rebuilt, and checked again, after the queue table's relcache entry is
+/// invalidated (ALTER TABLE, CREATE TRIGGER, CREATE RULE, a new constraint or index). Index specs
+/// are keyed by index OID, and an index's definition never changes under its OID.
+///
+/// # Safety
+/// Called only by PostgreSQL's relcache invalidation processing, on the backend's main thread,
+/// with the Datum it was registered with (unused) and the invalidated relation's OID
+/// (InvalidOid for all).
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     if relid == pg_sys::InvalidOid || relid == QUEUE.with(Cell::get) {
         LAYOUT.with(|l| {
             if let Ok(mut l) = l.try_borrow_mut() {
                 *l = None;
             }
         });
+    }
+}
+
+fn register_invalidation_callback() {
+    if !CALLBACK_REGISTERED.with(Cell::get) {
+        // SAFETY: the callback is a #[pg_guard] function that only touches this thread's state;
+        // PostgreSQL keeps it for the life of the backend, as long as this library is loaded.
+        unsafe {
+            pg_sys::CacheRegisterRelcacheCallback(
+                Some(on_relcache_invalidation),
+                pg_sys::Datum::from(0),
+            )
+        };
+        CALLBACK_REGISTERED.with(|r| r.set(true));
     }
 }
 
@@ -82,26 +108,87 @@ fn internal(message: String) -> ! {
     .raise()
 }
 
+/// The name of column `i` of `desc`, or None for a dropped column.
+///
+/// # Safety
+/// `desc` must be a valid tuple descriptor with more than `i` attributes.
 unsafe fn attribute_name(desc: pg_sys::TupleDesc, i: usize) -> Option<String> {
+    // SAFETY: the caller guarantees `i` is within the descriptor's attributes.
     let attr = unsafe { &*(*desc).attrs.as_ptr().add(i) };
     (!attr.attisdropped).then(|| {
+        // SAFETY: attname is a NUL-terminated NameData inside the attribute.
         unsafe { CStr::from_ptr(attr.attname.data.as_ptr()) }
             .to_string_lossy()
             .into_owned()
     })
 }
 
+fn name_of(data: &[std::ffi::c_char]) -> String {
+    // SAFETY: every NameData and catalog name PostgreSQL hands out is NUL-terminated.
+    unsafe { CStr::from_ptr(data.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Refuse a queue table that gained code a direct insert would bypass: a trigger, a rule, or a
+/// CHECK constraint other than the extension's own.
+///
+/// # Safety
+/// `rel` must be the open queue table.
+unsafe fn refuse_user_code(rel: pg_sys::Relation) {
+    // SAFETY: an open relation's trigger descriptor, rules and constraints are valid for as long
+    // as it is open.
+    unsafe {
+        let triggers = (*rel).trigdesc;
+        if !triggers.is_null() && (*triggers).numtriggers > 0 {
+            let first = &*(*triggers).triggers;
+            internal(format!(
+                "webhook.delivery has trigger \"{}\", which capture's direct insert would bypass",
+                CStr::from_ptr(first.tgname).to_string_lossy()
+            ));
+        }
+        if !(*rel).rd_rules.is_null() && (*(*rel).rd_rules).numLocks > 0 {
+            internal(
+                "webhook.delivery has a rule, which capture's direct insert would bypass".into(),
+            );
+        }
+        let constr = (*(*rel).rd_att).constr;
+        if !constr.is_null() {
+            for i in 0..(*constr).num_check as usize {
+                let check = &*(*constr).check.add(i);
+                let name = CStr::from_ptr(check.ccname).to_string_lossy();
+                if name != OWN_CHECK {
+                    internal(format!(
+                        "webhook.delivery has CHECK constraint \"{name}\", which capture's direct insert would bypass"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Where each column sits in the queue table, read (and the table checked) once per backend
+/// and again after the table changes.
+///
+/// # Safety
+/// `rel` must be the open queue table.
 unsafe fn layout(rel: pg_sys::Relation) -> Rc<Layout> {
+    // SAFETY: the caller guarantees `rel` is open, so its relcache entry is valid.
     let relid = unsafe { (*rel).rd_id };
     if let Some(l) = LAYOUT.with(|l| l.borrow().clone()) {
         if l.relid == relid {
             return l;
         }
     }
+    // SAFETY: the caller's contract.
+    unsafe { refuse_user_code(rel) };
+    // SAFETY: an open relation's descriptor is valid while it is open.
     let desc = unsafe { (*rel).rd_att };
+    // SAFETY: as above.
     let natts = unsafe { (*desc).natts } as usize;
     let mut positions: HashMap<String, usize> = HashMap::new();
     for i in 0..natts {
+        // SAFETY: `i` is below the descriptor's natts.
         if let Some(name) = unsafe { attribute_name(desc, i) } {
             positions.insert(name, i);
         }
@@ -140,7 +227,11 @@ unsafe fn layout(rel: pg_sys::Relation) -> Rc<Layout> {
 }
 
 /// Does `predicate` (an implicit-AND list) hold for the new row in `slot`?
+///
+/// # Safety
+/// `predicate` must be an index predicate of the queue table and `slot` hold one of its rows.
 unsafe fn predicate_holds(predicate: *mut pg_sys::List, slot: *mut pg_sys::TupleTableSlot) -> bool {
+    // SAFETY: a throwaway executor state evaluates the predicate over the slot and is freed.
     unsafe {
         let estate = pg_sys::CreateExecutorState();
         let econtext = pg_sys::CreateExprContext(estate);
@@ -152,25 +243,44 @@ unsafe fn predicate_holds(predicate: *mut pg_sys::List, slot: *mut pg_sys::Tuple
     }
 }
 
+/// What inserting a new delivery into `index` needs, worked out once per index.
+///
+/// # Safety
+/// `index` must be an open index of the open queue table `heap`, `layout` read from `heap`, and
+/// `tuple` a new delivery formed for `heap`.
 unsafe fn index_spec(
     index: pg_sys::Relation,
     heap: pg_sys::Relation,
     layout: &Layout,
     tuple: pg_sys::HeapTuple,
 ) -> Rc<IndexSpec> {
+    // SAFETY: the caller guarantees `index` is open, so its relcache entry is valid.
     let oid = unsafe { (*index).rd_id };
     if let Some(spec) = INDEXES.with(|i| i.borrow().get(&oid).cloned()) {
         return spec;
     }
-    let name = unsafe { CStr::from_ptr((*(*index).rd_rel).relname.data.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
-    let form = unsafe { &*(*index).rd_index };
+    // SAFETY: an open index's pg_class and pg_index rows are valid while it is open.
+    let (name, form) = unsafe {
+        (
+            name_of(&(*(*index).rd_rel).relname.data),
+            &*(*index).rd_index,
+        )
+    };
+    // Only B-tree indexes: their IndexInfo, cached for the backend's life below, holds no state
+    // that points into a relcache entry (GIN and BRIN keep such pointers in theirs).
+    // SAFETY: an open index's pg_class row is valid while it is open.
+    let access_method = unsafe { (*(*index).rd_rel).relam };
+    if access_method != pg_sys::BTREE_AM_OID {
+        internal(format!(
+            "index \"{name}\" on webhook.delivery is not a B-tree index"
+        ));
+    }
     if form.indisexclusion || (form.indisunique && !form.indimmediate) {
         internal(format!(
             "index \"{name}\" on webhook.delivery is an exclusion or deferrable constraint"
         ));
     }
+    // SAFETY: indkey holds indnatts attribute numbers.
     let keys = unsafe { form.indkey.values.as_slice(form.indnatts as usize) };
     let columns = keys
         .iter()
@@ -183,6 +293,8 @@ unsafe fn index_spec(
             attnum as usize - 1
         })
         .collect();
+    // SAFETY: the predicate and slot come from this index and its heap; the slot is dropped
+    // before the block ends.
     let takes_new_rows = unsafe {
         let predicate = pg_sys::RelationGetIndexPredicate(index);
         if predicate.is_null() {
@@ -208,6 +320,8 @@ unsafe fn index_spec(
         }
     };
     // IndexInfo lives as long as the backend; index AMs may keep state in it.
+    // SAFETY: `index` is open (the caller's contract); the switch to TopMemoryContext is undone
+    // right after, or, if BuildIndexInfo raises, by the transaction abort's memory context reset.
     let info = unsafe {
         let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
         let info = pg_sys::BuildIndexInfo(index);
@@ -224,15 +338,22 @@ unsafe fn index_spec(
     spec
 }
 
+/// `s` as a text datum, palloc'd in the current memory context.
 fn text_datum(s: &str) -> pg_sys::Datum {
+    // SAFETY: copies `s.len()` bytes from a valid &str.
     let text = unsafe { pg_sys::cstring_to_text_with_len(s.as_ptr().cast(), s.len() as i32) };
     pg_sys::Datum::from(text)
 }
 
 /// Insert one `pending` delivery into the queue table `queue` (webhook.delivery's OID).
 pub fn insert(queue: pg_sys::Oid, delivery: &NewDelivery) {
+    register_invalidation_callback();
     QUEUE.with(|q| q.set(queue));
     let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    // SAFETY: the queue table and each of its indexes are opened, used and closed here with
+    // RowExclusiveLock (kept to the transaction's end, as the executor does); the tuple is
+    // formed for that table's descriptor from values of the columns' own types (layout checked
+    // them by name), and every index entry points at the tuple just inserted.
     unsafe {
         let heap = pg_sys::table_open(queue, lock);
         let layout = layout(heap);

@@ -4,13 +4,19 @@
 //! subscription look-ups (once per session) and `nextval` run as the owner of the queue table,
 //! the way PostgreSQL's own foreign-key triggers switch user, with every operator qualified.
 
+mod enqueue;
+mod payload;
+pub mod table;
+
 use crate::endpoint::Format;
-use crate::enqueue::{self, NewDelivery};
+use crate::error::Result as WebhookResult;
 use crate::error::{OrRaise, WebhookError};
-use crate::payload::{self, Change, Meta, Op, Row};
+use crate::shmem;
 use crate::subscription::{Events, Options, Shape, TableShape};
-use crate::{shmem, table};
+use enqueue::NewDelivery;
+use payload::{Change, Meta, Op, Row};
 use pgrx::prelude::*;
+use pgrx::spi::{SpiClient, SpiHeapTupleData};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -46,8 +52,8 @@ thread_local! {
 }
 
 const TARGETS_SQL: &str =
-    "SELECT e.id, e.name, e.format, e.enabled, s.id, s.events, s.columns, s.rename::pg_catalog.text,
-        s.redact, s.lookup, s.visibility_column, s.name
+    "SELECT e.id AS endpoint_id, e.format, e.enabled, s.id AS subscription_id, s.events, s.columns,
+        s.rename::pg_catalog.text AS rename, s.redact, s.lookup, s.visibility_column, s.name
     FROM webhook.endpoint e
     LEFT JOIN webhook.subscription s ON s.endpoint_id OPERATOR(pg_catalog.=) e.id
                                     AND s.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1
@@ -63,9 +69,13 @@ const QUEUE_SQL: &str = "SELECT 'webhook.delivery'::pg_catalog.regclass::pg_cata
 /// Plans are dropped whenever PostgreSQL invalidates the watched table's relcache entry (its
 /// columns or triggers changed, or the API changed one of its subscriptions), and all of them
 /// when the API invalidates webhook.endpoint's (an endpoint changed).
+///
+/// # Safety
+/// Called only by PostgreSQL's relcache invalidation processing, on the backend's main thread,
+/// with the Datum it was registered with (unused) and the invalidated relation's OID
+/// (InvalidOid for all).
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    enqueue::on_relcache_invalidation(relid);
     GENERATION.with(|g| g.set(g.get() + 1));
     PLANS.with(|p| {
         if let Ok(mut plans) = p.try_borrow_mut() {
@@ -81,6 +91,9 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
 fn register_invalidation_callback() {
     CALLBACK_REGISTERED.with(|r| {
         if !r.get() {
+            // SAFETY: the callback is a #[pg_guard] function that only touches this thread's
+            // state; PostgreSQL keeps it for the life of the backend, as long as this library is
+            // loaded.
             unsafe {
                 pg_sys::CacheRegisterRelcacheCallback(
                     Some(on_relcache_invalidation),
@@ -96,104 +109,124 @@ fn register_invalidation_callback() {
 fn as_user<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;
+    // SAFETY: both out-pointers are valid locals; it only reads this backend's current user state.
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context) };
+    // SAFETY: the saved user and context are restored below; if `f` raises, the (sub)transaction
+    // abort restores the user and context saved when the (sub)transaction began.
     unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
         pg_sys::SetUserIdAndSecContext(
             user,
             saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-    }
+        )
+    };
     let result = f();
+    // SAFETY: puts back exactly the user and context read above, ending the switch.
     unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
     result
 }
 
-fn queue_owner() -> pg_sys::Oid {
-    Spi::get_one::<pg_sys::Oid>(OWNER_SQL)
-        .expect("extension look-up")
-        .expect("extension webhook exists")
+fn queue_owner() -> WebhookResult<pg_sys::Oid> {
+    Spi::get_one::<pg_sys::Oid>(OWNER_SQL)?
+        .ok_or_else(|| WebhookError::Internal("extension webhook is not installed".into()))
 }
 
-fn build_plan(trigger_name: &str, relid: pg_sys::Oid, endpoint_names: &[String]) -> Plan {
-    let table = table::load(relid).or_raise();
-    let queue_owner = queue_owner();
-    let ((queue, sequence), targets) = as_user(queue_owner, || {
+fn column<T: IntoDatum + FromDatum>(
+    row: &SpiHeapTupleData,
+    name: &str,
+) -> WebhookResult<Option<T>> {
+    Ok(row.get_by_name(name)?)
+}
+
+/// The subscription options stored for this endpoint and table, or the defaults when the
+/// trigger was attached by hand without `watch`.
+fn stored_options(row: &SpiHeapTupleData) -> WebhookResult<Options> {
+    if column::<i64>(row, "subscription_id")?.is_none() {
+        return Ok(Options {
+            events: Events::ALL.to_list(),
+            rename: serde_json::json!({}),
+            ..Default::default()
+        });
+    }
+    let rename: Option<String> = column(row, "rename")?;
+    Ok(Options {
+        events: column(row, "events")?.unwrap_or_default(),
+        columns: column(row, "columns")?,
+        rename: rename
+            .and_then(|r| serde_json::from_str(&r).ok())
+            .unwrap_or_else(|| serde_json::json!({})),
+        redact: column(row, "redact")?.unwrap_or_default(),
+        lookup: column(row, "lookup")?,
+        visibility_column: column(row, "visibility_column")?,
+        name: column(row, "name")?,
+    })
+}
+
+/// One trigger argument's endpoint and its subscription for the table.
+fn target(
+    c: &SpiClient,
+    trigger_name: &str,
+    table: &TableShape,
+    relid: pg_sys::Oid,
+    name: &str,
+) -> WebhookResult<Target> {
+    let found = c.select(TARGETS_SQL, None, &[relid.into(), name.into()])?;
+    let Some(row) = found.into_iter().next() else {
+        return Err(WebhookError::UnknownEndpointInTrigger {
+            endpoint: name.to_string(),
+            trigger: trigger_name.to_string(),
+            table: table.qualified_name.clone(),
+        });
+    };
+    let shape = stored_options(&row)?.resolve(table).map_err(|e| {
+        WebhookError::WrongState(format!(
+            "trigger \"{trigger_name}\" on {}: subscription of endpoint \"{name}\" no longer fits the table: {e}",
+            table.qualified_name
+        ))
+    })?;
+    let format: Option<String> = column(&row, "format")?;
+    Ok(Target {
+        endpoint_id: column(&row, "endpoint_id")?
+            .ok_or_else(|| WebhookError::Internal("endpoint without id".into()))?,
+        endpoint_name: name.to_string(),
+        enabled: column(&row, "enabled")?.unwrap_or(true),
+        format: format
+            .as_deref()
+            .and_then(|f| Format::parse(f).ok())
+            .unwrap_or(Format::Rownd),
+        subscription_id: column(&row, "subscription_id")?,
+        shape,
+    })
+}
+
+fn build_plan(
+    trigger_name: &str,
+    relid: pg_sys::Oid,
+    endpoint_names: &[String],
+) -> WebhookResult<Plan> {
+    let table = table::load(relid)?;
+    let queue_owner = queue_owner()?;
+    as_user(queue_owner, || {
         Spi::connect(|c| {
-            let (queue, sequence, endpoint_table) = c
-                .select(QUEUE_SQL, None, &[])
-                .expect("queue look-up")
-                .first()
-                .get_three::<pg_sys::Oid, pg_sys::Oid, pg_sys::Oid>()
-                .expect("queue look-up");
-            let queue = queue.expect("queue table exists");
-            let sequence = sequence.expect("sequence exists");
-            ENDPOINT_TABLE.with(|e| e.set(endpoint_table.expect("endpoint table exists")));
+            let missing = || WebhookError::Internal("the queue's objects are missing".into());
+            let (queue, sequence, endpoint_table) =
+                c.select(QUEUE_SQL, None, &[])?
+                    .first()
+                    .get_three::<pg_sys::Oid, pg_sys::Oid, pg_sys::Oid>()?;
+            ENDPOINT_TABLE.with(|e| e.set(endpoint_table.unwrap_or(pg_sys::InvalidOid)));
             let targets = endpoint_names
                 .iter()
-                .map(|name| {
-                    let found = c
-                        .select(TARGETS_SQL, None, &[relid.into(), name.as_str().into()])
-                        .expect("subscription look-up");
-                    let Some(row) = found.into_iter().next() else {
-                        WebhookError::UnknownEndpointInTrigger {
-                            endpoint: name.clone(),
-                            trigger: trigger_name.to_string(),
-                            table: table.qualified_name.clone(),
-                        }
-                        .raise();
-                    };
-                    let subscription_id: Option<i64> = row.get(5).expect("subscription id");
-                    let options = match subscription_id {
-                        None => Options {
-                            events: Events::ALL.to_list(),
-                            rename: serde_json::json!({}),
-                            ..Default::default()
-                        },
-                        Some(_) => Options {
-                            events: row.get(6).expect("events").unwrap_or_default(),
-                            columns: row.get(7).expect("columns"),
-                            rename: row
-                                .get::<String>(8)
-                                .expect("rename")
-                                .and_then(|r| serde_json::from_str(&r).ok())
-                                .unwrap_or_else(|| serde_json::json!({})),
-                            redact: row.get(9).expect("redact").unwrap_or_default(),
-                            lookup: row.get(10).expect("lookup"),
-                            visibility_column: row.get(11).expect("visibility_column"),
-                            name: row.get(12).expect("name"),
-                        },
-                    };
-                    let shape = options
-                        .resolve(&table)
-                        .map_err(|e| {
-                            WebhookError::WrongState(format!(
-                                "trigger \"{trigger_name}\" on {}: subscription of endpoint \"{name}\" no longer fits the table: {e}",
-                                table.qualified_name
-                            ))
-                        })
-                        .or_raise();
-                    let format: String = row.get(3).expect("format").unwrap_or_default();
-                    Target {
-                        endpoint_id: row.get(1).expect("endpoint id").expect("endpoint id is not null"),
-                        endpoint_name: name.clone(),
-                        enabled: row.get(4).expect("enabled").unwrap_or(true),
-                        format: Format::parse(&format).unwrap_or(Format::Rownd),
-                        subscription_id,
-                        shape,
-                    }
-                })
-                .collect();
-            ((queue, sequence), targets)
+                .map(|name| target(c, trigger_name, &table, relid, name))
+                .collect::<WebhookResult<Vec<_>>>()?;
+            Ok(Plan {
+                relid,
+                targets,
+                queue_owner,
+                queue: queue.ok_or_else(missing)?,
+                sequence: sequence.ok_or_else(missing)?,
+                table,
+            })
         })
-    });
-    Plan {
-        relid,
-        table,
-        targets,
-        queue_owner,
-        queue,
-        sequence,
-    }
+    })
 }
 
 fn plan_for(trigger: &pg_sys::Trigger, relid: pg_sys::Oid) -> Rc<Plan> {
@@ -202,11 +235,13 @@ fn plan_for(trigger: &pg_sys::Trigger, relid: pg_sys::Oid) -> Rc<Plan> {
         return plan;
     }
     let generation = GENERATION.with(|g| g.get());
+    // SAFETY: PostgreSQL's trigger name is NUL-terminated and valid for the trigger call.
     let name = unsafe { std::ffi::CStr::from_ptr(trigger.tgname) }
         .to_string_lossy()
         .into_owned();
     let args: Vec<String> = (0..trigger.tgnargs as usize)
         .map(|i| {
+            // SAFETY: tgargs holds tgnargs NUL-terminated strings, valid for the trigger call.
             unsafe { std::ffi::CStr::from_ptr(*trigger.tgargs.add(i)) }
                 .to_string_lossy()
                 .into_owned()
@@ -218,7 +253,7 @@ fn plan_for(trigger: &pg_sys::Trigger, relid: pg_sys::Oid) -> Rc<Plan> {
         ))
         .raise();
     }
-    let plan = Rc::new(build_plan(&name, relid, &args));
+    let plan = Rc::new(build_plan(&name, relid, &args).or_raise());
     if GENERATION.with(|g| g.get()) == generation {
         PLANS.with(|p| p.borrow_mut().insert(trigger.tgoid, plan.clone()));
     }
@@ -226,19 +261,39 @@ fn plan_for(trigger: &pg_sys::Trigger, relid: pg_sys::Oid) -> Rc<Plan> {
 }
 
 /// The row as a JSON object, converted by PostgreSQL itself (`row_to_json`: `to_jsonb` values).
-/// The text lives in the trigger's memory context, which outlives this call.
-unsafe fn row_json<'a>(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> &'a str {
+///
+/// The text is allocated in the current memory context, which is the trigger call's: it lives
+/// as long as the trigger call that `_call` borrows, and the returned `&'call str` cannot
+/// outlive it.
+///
+/// # Safety
+/// `tuple` must be a valid heap tuple of the relation whose descriptor is `desc`, both from
+/// the trigger data of `_call`.
+unsafe fn row_json<'call>(
+    _call: &'call pgrx::PgTrigger<'call>,
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+) -> &'call str {
+    // SAFETY: the caller guarantees `tuple` matches `desc`; the copy is palloc'd in the trigger
+    // call's memory context.
     let datum = unsafe { pg_sys::heap_copy_tuple_as_datum(tuple, desc) };
-    unsafe { pgrx::direct_function_call(pg_sys::row_to_json, &[Some(datum)]) }
-        .expect("row_to_json returns text")
+    // SAFETY: row_to_json takes one composite datum, which `datum` is; it never returns NULL
+    // for a non-NULL row, and its text is palloc'd in the same context.
+    let json: Option<&'call str> =
+        unsafe { pgrx::direct_function_call(pg_sys::row_to_json, &[Some(datum)]) };
+    json.unwrap_or_else(|| WebhookError::Internal("row_to_json returned NULL".into()).raise())
 }
 
 fn parse_row(json: &str) -> Row<'_> {
-    Row::parse(json).expect("row_to_json returns a JSON object")
+    Row::parse(json).unwrap_or_else(|e| {
+        WebhookError::Internal(format!("row_to_json gave no JSON object: {e}")).raise()
+    })
 }
 
 /// The capturing transaction's start time, RFC 3339; formatted once per transaction.
 fn occurred_at() -> Rc<str> {
+    // SAFETY: only reads the backend's transaction start time; called on the main thread from
+    // the trigger, inside the capturing transaction.
     let pg_epoch_us = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
     OCCURRED_AT.with(|cached| {
         let mut cached = cached.borrow_mut();
@@ -271,6 +326,7 @@ fn capture<'a>(
     if !pgrx::trigger_support::trigger_fired_for_row(event)
         || !pgrx::trigger_support::trigger_fired_after(event)
     {
+        // SAFETY: PostgreSQL's trigger name is NUL-terminated and valid for the trigger call.
         let name = unsafe { std::ffi::CStr::from_ptr(tg.tgname) }.to_string_lossy();
         WebhookError::WrongState(format!(
             "trigger \"{name}\": webhook.capture() must be an AFTER ... FOR EACH ROW trigger"
@@ -285,6 +341,7 @@ fn capture<'a>(
         Op::Delete
     };
     let relation = data.tg_relation;
+    // SAFETY: tg_relation is the open relation the trigger fired on, valid for the call.
     let relid = unsafe { (*relation).rd_id };
     let plan = plan_for(tg, relid);
     let wanted = |t: &&Target| match op {
@@ -295,10 +352,13 @@ fn capture<'a>(
     if !plan.targets.iter().any(|t| wanted(&t)) {
         return Ok(None);
     }
+    // SAFETY: as above; the descriptor lives as long as the open relation.
     let desc = unsafe { (*relation).rd_att };
-    let trig_json = unsafe { row_json(data.tg_trigtuple, desc) };
+    // SAFETY: the trigger's tuples belong to the relation whose descriptor `desc` is.
+    let trig_json = unsafe { row_json(trigger, data.tg_trigtuple, desc) };
     let new_json = match op {
-        Op::Update => Some(unsafe { row_json(data.tg_newtuple, desc) }),
+        // SAFETY: as above; an UPDATE trigger always has the new tuple.
+        Op::Update => Some(unsafe { row_json(trigger, data.tg_newtuple, desc) }),
         _ => None,
     };
     let trig_row = parse_row(trig_json);
@@ -323,6 +383,8 @@ fn capture<'a>(
     let occurred_at = occurred_at();
     for target in plan.targets.iter().filter(wanted) {
         // nextval checks privileges on the sequence, which the queue owner has.
+        // SAFETY: nextval_oid takes one regclass argument, which `plan.sequence` (a sequence's
+        // OID) is, and returns a non-NULL int8.
         let id: i64 = as_user(plan.queue_owner, || unsafe {
             pgrx::direct_function_call(
                 pg_sys::nextval_oid,

@@ -1,0 +1,253 @@
+//! Destinations: create, alter, rotate their secret, drop, send a test request.
+
+use super::subscriptions::{sync_trigger, watched_tables};
+use super::{endpoint_id, invalidate_capture_plans, required};
+use crate::delivery;
+use crate::endpoint::{self, Format};
+use crate::error::{OrRaise, Result, WebhookError};
+use crate::http::{self, Destination, DESTINATION_COLUMNS};
+use crate::{guc, shmem, sign};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+use std::time::Duration;
+
+/// Every backend's capture plans hold endpoint ids, formats and enabled flags: make them all
+/// rebuild after this transaction commits.
+fn invalidate_endpoint_caches(client: &SpiClient) -> Result<()> {
+    let endpoint_table = client
+        .select("SELECT 'webhook.endpoint'::regclass::oid", None, &[])?
+        .first()
+        .get_one::<pg_sys::Oid>()?
+        .ok_or_else(|| WebhookError::Internal("webhook.endpoint has no OID".into()))?;
+    invalidate_capture_plans(endpoint_table);
+    Ok(())
+}
+
+/// Register a destination; returns its signing secret, which is shown only this once.
+#[pg_extern(security_definer, volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_endpoint(
+    name: Option<&str>,
+    url: Option<&str>,
+    method: default!(Option<&str>, "'POST'"),
+    headers: default!(Option<JsonB>, "'{}'"),
+    description: default!(Option<&str>, "NULL"),
+    format: default!(Option<&str>, "'rownd'"),
+) -> String {
+    let run = || -> Result<String> {
+        let name = endpoint::validate_name(required(name, "name")?)?;
+        let url = endpoint::validate_url(required(url, "url")?)?;
+        let method = endpoint::validate_method(required(method, "method")?)?;
+        let headers = required(headers, "headers")?.0;
+        endpoint::validate_headers(&headers)?;
+        let format = required(format, "format")?;
+        Format::parse(format)?;
+        let secret = sign::new_secret();
+        Spi::connect_mut(|client| -> Result<()> {
+            if endpoint_id(client, &name).is_ok() {
+                return Err(WebhookError::DuplicateEndpoint(name.clone()));
+            }
+            client
+                .update(
+                    "INSERT INTO webhook.endpoint (name, url, method, headers, description, format, secret)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    None,
+                    &[
+                        name.as_str().into(),
+                        url.as_str().into(),
+                        method.as_str().into(),
+                        JsonB(headers).into(),
+                        description.into(),
+                        format.into(),
+                        secret.as_str().into(),
+                    ],
+                )?;
+            Ok(())
+        })?;
+        Ok(secret)
+    };
+    run().or_raise()
+}
+
+/// Change an endpoint's settings; NULL leaves a setting as it is.
+#[pg_extern(security_definer, volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn alter_endpoint(
+    name: Option<&str>,
+    url: default!(Option<&str>, "NULL"),
+    method: default!(Option<&str>, "NULL"),
+    headers: default!(Option<JsonB>, "NULL"),
+    description: default!(Option<&str>, "NULL"),
+    enabled: default!(Option<bool>, "NULL"),
+    format: default!(Option<&str>, "NULL"),
+) {
+    let run = || -> Result<()> {
+        let name = required(name, "name")?;
+        let url = url.map(endpoint::validate_url).transpose()?;
+        let method = method.map(endpoint::validate_method).transpose()?;
+        if let Some(h) = &headers {
+            endpoint::validate_headers(&h.0)?;
+        }
+        if let Some(f) = format {
+            Format::parse(f)?;
+        }
+        Spi::connect_mut(|client| -> Result<()> {
+            let id = endpoint_id(client, name)?;
+            client
+                .update(
+                    "UPDATE webhook.endpoint SET url = coalesce($2, url), method = coalesce($3, method),
+                        headers = coalesce($4, headers), description = coalesce($5, description),
+                        enabled = coalesce($6, enabled), format = coalesce($7, format)
+                     WHERE id = $1",
+                    None,
+                    &[
+                        id.into(),
+                        url.into(),
+                        method.into(),
+                        headers.into(),
+                        description.into(),
+                        enabled.into(),
+                        format.into(),
+                    ],
+                )?;
+            invalidate_endpoint_caches(client)?;
+            Ok(())
+        })?;
+        shmem::wake_workers_at_commit();
+        Ok(())
+    };
+    run().or_raise()
+}
+
+/// Replace an endpoint's secret; the previous one keeps signing for webhook.rotation_overlap.
+#[pg_extern(security_definer, volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn rotate_secret(name: Option<&str>) -> String {
+    let run = || -> Result<String> {
+        let name = required(name, "name")?;
+        let secret = sign::new_secret();
+        Spi::connect_mut(|client| -> Result<()> {
+            let id = endpoint_id(client, name)?;
+            client.update(
+                "UPDATE webhook.endpoint SET previous_secret = secret, secret = $2,
+                        previous_secret_expires_at = now() + $3 * interval '1 second'
+                     WHERE id = $1",
+                None,
+                &[
+                    id.into(),
+                    secret.as_str().into(),
+                    guc::rotation_overlap_secs().into(),
+                ],
+            )?;
+            Ok(())
+        })?;
+        Ok(secret)
+    };
+    run().or_raise()
+}
+
+/// Remove an endpoint, its subscriptions (and capture triggers) and its queued deliveries.
+#[pg_extern(security_definer, volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn drop_endpoint(name: Option<&str>) {
+    let run = || -> Result<()> {
+        let name = required(name, "name")?;
+        Spi::connect_mut(|client| -> Result<()> {
+            let id = endpoint_id(client, name)?;
+            let tables = watched_tables(client, id)?;
+            client.update(
+                "DELETE FROM webhook.subscription WHERE endpoint_id = $1",
+                None,
+                &[id.into()],
+            )?;
+            for relid in tables {
+                sync_trigger(client, relid)?;
+            }
+            client.update(
+                &delivery::delete_sql("SELECT id FROM webhook.delivery WHERE endpoint_id = $1"),
+                None,
+                &[id.into()],
+            )?;
+            client.update(
+                "DELETE FROM webhook.endpoint WHERE id = $1",
+                None,
+                &[id.into()],
+            )?;
+            invalidate_endpoint_caches(client)?;
+            Ok(())
+        })
+    };
+    run().or_raise()
+}
+
+/// Send a signed sample payload now and report what happened (nothing is queued).
+#[pg_extern(security_definer, volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn test_endpoint(
+    name: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(status_code, Option<i32>),
+        name!(latency_ms, Option<f64>),
+        name!(error, Option<String>),
+    ),
+> {
+    let run = || -> Result<Destination> {
+        let name = required(name, "name")?;
+        Spi::connect(|client| -> Result<Destination> {
+            let id = endpoint_id(client, name)?;
+            let row = client
+                .select(
+                    &format!("SELECT {DESTINATION_COLUMNS} FROM webhook.endpoint WHERE id = $1"),
+                    None,
+                    &[id.into()],
+                )?
+                .next()
+                .ok_or_else(|| WebhookError::UnknownEndpoint(name.to_string()))?;
+            Destination::from_row(&row)
+        })
+    };
+    let dest = run().or_raise();
+    let timeout = guc::timeout();
+    let policy = guc::network_policy();
+    let now = time::OffsetDateTime::now_utc();
+    let msg_id = format!("test_{}", now.unix_timestamp_nanos());
+    let body = serde_json::json!({
+        "data": {"message": "webhook.test_endpoint sample"},
+        "redacted": [],
+        "meta": {
+            "operation": "test",
+            "id": msg_id,
+            "occurred_at": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        }
+    })
+    .to_string();
+    // The request runs on its own thread so that this backend stays cancellable.
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let request = http::spawn_without_signals("webhook-test-endpoint".into(), move || {
+        let agent = http::agent(std::sync::Arc::new(std::sync::RwLock::new(policy)));
+        let _ = tx.send(http::send(&agent, &dest, &msg_id, body.as_bytes(), timeout));
+    });
+    if let Err(e) = request {
+        WebhookError::Internal(format!("cannot start the test request's thread: {e}")).raise();
+    }
+    let attempt = loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(a) => break a,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                pgrx::check_for_interrupts!();
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => WebhookError::WrongState(
+                "the test request's thread stopped without an answer".into(),
+            )
+            .raise(),
+        }
+    };
+    TableIterator::once((
+        attempt.status.map(i32::from),
+        Some(attempt.duration.as_secs_f64() * 1000.0),
+        attempt.error,
+    ))
+}
