@@ -6,8 +6,16 @@ SELECT e.name, e.url, e.method, e.headers, e.description, e.format, e.enabled,
        e.previous_secret_expires_at > now() AS rotation_overlap, e.created_at
 FROM webhook.endpoint e;
 
+-- name: the subscription's name, by default schema.table from the catalog names, unquoted
+-- (Sales.My Orders), the text payloads send as meta.table and census model_name. Catalog names
+-- collate as "C"; COLLATE keeps the column's default collation.
+-- (The same definition is in webhook--0.1.0--0.2.0.sql.)
 CREATE VIEW webhook.subscriptions AS
-SELECT s.id, e.name AS endpoint, s.relid AS table_name, coalesce(s.name, s.relid::text) AS name,
+SELECT s.id, e.name AS endpoint, s.relid AS table_name,
+       coalesce(s.name, (SELECT (n.nspname::text || '.' || c.relname::text) COLLATE pg_catalog."default"
+                         FROM pg_catalog.pg_class c
+                         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                         WHERE c.oid = s.relid)) AS name,
        s.events, s.columns, s.rename, s.redact, s.lookup, s.visibility_column, s.created_at
 FROM webhook.subscription s JOIN webhook.endpoint e ON e.id = s.endpoint_id;
 
@@ -50,6 +58,26 @@ GRANT USAGE ON SCHEMA webhook TO webhook_admin;
 GRANT SELECT ON webhook.endpoints, webhook.subscriptions, webhook.deliveries, webhook.attempts,
                 webhook.endpoint_stats TO webhook_admin;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA webhook TO webhook_admin;
+
+-- Dropping a watched table removes its subscriptions, so nothing refers to a table that no
+-- longer exists (drop_endpoint would fail on it). The function runs as the extension owner so
+-- that any role that may drop its own table can; it is internal (leading underscore), created
+-- after the grants above and executable by nobody else. (The same definitions are in
+-- webhook--0.1.0--0.2.0.sql.)
+CREATE FUNCTION webhook._forget_dropped_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM webhook.subscription s
+    WHERE s.relid::pg_catalog.oid OPERATOR(pg_catalog.=) ANY (
+        SELECT d.objid FROM pg_catalog.pg_event_trigger_dropped_objects() d
+        WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+          AND d.objsubid OPERATOR(pg_catalog.=) 0);
+END
+$$;
+REVOKE ALL ON FUNCTION webhook._forget_dropped_tables() FROM PUBLIC;
+CREATE EVENT TRIGGER webhook_forget_dropped_tables ON sql_drop
+    EXECUTE FUNCTION webhook._forget_dropped_tables();
 
 -- Say so at once when nothing would ever be delivered from this database.
 DO $$
