@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: lint, unit and in-database tests (cargo pgrx test), then the end-to-end
-# suite against a real cluster with the worker loaded and a real HTTP receiver on 127.0.0.1.
+# The whole test suite: lint, unit and in-database tests (cargo pgrx test), the SQL surface's
+# pg_regress files, the claim isolation specs, then the end-to-end suite against a real cluster
+# with the worker loaded and a real HTTP receiver on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=SCRIPTDIR/env.sh
@@ -23,6 +24,12 @@ cargo pgrx test pg15 --runas postgres --pgdata "$PGDATA_DIR/data"
 
 say "installing the extension into PostgreSQL 15"
 cargo pgrx install --pg-config /usr/bin/pg_config >/dev/null
+
+say "SQL surface: pg_regress files (tests/pg_regress)"
+tests/pg_regress/run.sh
+
+say "claims under concurrency: isolation specs (tests/isolation)"
+tests/isolation/run.sh
 
 say "end-to-end suite"
 "$PYTHON" -m pytest tests/e2e -q -p no:cacheprovider "$@"

@@ -88,3 +88,38 @@ def test_large_payloads_are_toasted_and_sent_whole(db, receiver, name):
     stored = one(db, "SELECT pg_column_size(payload) < octet_length(payload) FROM webhook.delivery"
                      " WHERE strpos(payload, 'xxxx') > 0")
     assert stored  # compressed in place or out of line
+
+
+@pytest.mark.parametrize("kind, ddl, undo, named", [
+    ("trigger",
+     "CREATE FUNCTION webhook.t_queue_audit() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;"
+     " CREATE TRIGGER queue_audit BEFORE INSERT ON webhook.delivery FOR EACH ROW EXECUTE FUNCTION webhook.t_queue_audit()",
+     "DROP TRIGGER queue_audit ON webhook.delivery; DROP FUNCTION webhook.t_queue_audit()",
+     '"queue_audit"'),
+    ("check",
+     "ALTER TABLE webhook.delivery ADD CONSTRAINT payload_json CHECK (payload LIKE '{%')",
+     "ALTER TABLE webhook.delivery DROP CONSTRAINT payload_json",
+     '"payload_json"'),
+    ("rule",
+     "CREATE RULE queue_copy AS ON INSERT TO webhook.delivery DO ALSO NOTIFY queue_copy",
+     "DROP RULE queue_copy ON webhook.delivery",
+     "rule"),
+])
+def test_a_queue_table_that_gained_user_code_is_refused_not_bypassed(db, receiver, name, kind, ddl, undo, named):
+    """Capture writes the queue without the executor, so a trigger, a rule or a CHECK constraint
+    added to webhook.delivery would silently not run: capture refuses with an error naming it,
+    in sessions whose capture caches were already warm, and works again once it is gone."""
+    make_table(db, name, "id int PRIMARY KEY, v text")
+    endpoint(db, name, receiver.url(f"/ok/{name}"))
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (name,))
+    db.execute("SELECT webhook.watch(%s, %s)", (name, name))
+    db.execute(f"INSERT INTO {name} VALUES (1, 'x')")  # warm this session's caches
+    db.execute(ddl)
+    try:
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as err:
+            db.execute(f"INSERT INTO {name} VALUES (2, 'x')")
+        assert named in str(err.value) and "bypass" in str(err.value), str(err.value)
+    finally:
+        db.execute(undo)
+    db.execute(f"INSERT INTO {name} VALUES (3, 'x')")
+    assert one(db, "SELECT count(*) FROM webhook.deliveries WHERE endpoint = %s", name) == 2
