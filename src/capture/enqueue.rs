@@ -10,6 +10,7 @@
 //! constraint but the extension's own on `status` (which a new `pending` row satisfies); a
 //! queue table that gained any of them is refused with an error naming it, never bypassed.
 
+use crate::delivery::Status;
 use crate::error::WebhookError;
 use pgrx::pg_sys;
 use std::cell::{Cell, RefCell};
@@ -136,34 +137,46 @@ fn name_of(data: &[std::ffi::c_char]) -> String {
 /// # Safety
 /// `rel` must be the open queue table.
 unsafe fn refuse_user_code(rel: pg_sys::Relation) {
-    // SAFETY: an open relation's trigger descriptor, rules and constraints are valid for as long
-    // as it is open.
-    unsafe {
+    // SAFETY: an open relation's trigger descriptor is NULL or valid while it is open, with
+    // `numtriggers` triggers whose names are NUL-terminated.
+    let trigger = unsafe {
         let triggers = (*rel).trigdesc;
-        if !triggers.is_null() && (*triggers).numtriggers > 0 {
-            let first = &*(*triggers).triggers;
-            internal(format!(
-                "webhook.delivery has trigger \"{}\", which capture's direct insert would bypass",
-                CStr::from_ptr(first.tgname).to_string_lossy()
-            ));
-        }
-        if !(*rel).rd_rules.is_null() && (*(*rel).rd_rules).numLocks > 0 {
-            internal(
-                "webhook.delivery has a rule, which capture's direct insert would bypass".into(),
-            );
-        }
+        (!triggers.is_null() && (*triggers).numtriggers > 0).then(|| {
+            CStr::from_ptr((*(*triggers).triggers).tgname)
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    if let Some(name) = trigger {
+        internal(format!(
+            "webhook.delivery has trigger \"{name}\", which capture's direct insert would bypass"
+        ));
+    }
+    // SAFETY: an open relation's rule lock is NULL or valid while it is open.
+    let has_rules = unsafe { !(*rel).rd_rules.is_null() && (*(*rel).rd_rules).numLocks > 0 };
+    if has_rules {
+        internal("webhook.delivery has a rule, which capture's direct insert would bypass".into());
+    }
+    // SAFETY: an open relation's descriptor constraints are NULL or hold `num_check` CHECK
+    // constraints whose names are NUL-terminated.
+    let checks: Vec<String> = unsafe {
         let constr = (*(*rel).rd_att).constr;
-        if !constr.is_null() {
-            for i in 0..(*constr).num_check as usize {
-                let check = &*(*constr).check.add(i);
-                let name = CStr::from_ptr(check.ccname).to_string_lossy();
-                if name != OWN_CHECK {
-                    internal(format!(
-                        "webhook.delivery has CHECK constraint \"{name}\", which capture's direct insert would bypass"
-                    ));
-                }
-            }
+        if constr.is_null() {
+            Vec::new()
+        } else {
+            (0..(*constr).num_check as usize)
+                .map(|i| {
+                    CStr::from_ptr((*(*constr).check.add(i)).ccname)
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect()
         }
+    };
+    if let Some(name) = checks.iter().find(|name| *name != OWN_CHECK) {
+        internal(format!(
+            "webhook.delivery has CHECK constraint \"{name}\", which capture's direct insert would bypass"
+        ));
     }
 }
 
@@ -345,73 +358,114 @@ fn text_datum(s: &str) -> pg_sys::Datum {
     pg_sys::Datum::from(text)
 }
 
+/// The new delivery's column values and NULL flags, one per attribute of the queue table.
+fn row_values(layout: &Layout, delivery: &NewDelivery) -> (Vec<pg_sys::Datum>, Vec<bool>) {
+    let mut values = vec![pg_sys::Datum::from(0); layout.natts];
+    let mut nulls = vec![true; layout.natts];
+    // SAFETY: reads the current transaction's start time, set whenever a transaction runs.
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let mut set = |i: usize, value: pg_sys::Datum| {
+        values[i] = value;
+        nulls[i] = false;
+    };
+    set(layout.id, delivery.id.into());
+    set(layout.endpoint_id, delivery.endpoint_id.into());
+    if let Some(s) = delivery.subscription_id {
+        set(layout.subscription_id, s.into());
+    }
+    set(layout.table_name, text_datum(delivery.table_name));
+    set(layout.operation, text_datum(delivery.operation));
+    set(layout.payload, text_datum(delivery.payload));
+    set(layout.status, text_datum(Status::Pending.as_sql()));
+    set(layout.attempts, 0i32.into());
+    set(layout.cycle_start, 0i32.into());
+    set(layout.next_attempt_at, now.into());
+    set(layout.created_at, now.into());
+    (values, nulls)
+}
+
+/// Add the entry for `tuple` to `index`, if the index takes new deliveries.
+///
+/// # Safety
+/// `index` must be an open, ready index of the open queue table `heap`; `tuple` the delivery
+/// just inserted into `heap` from `values` and `nulls`; `layout` read from `heap`.
+unsafe fn insert_index_entry(
+    index: pg_sys::Relation,
+    heap: pg_sys::Relation,
+    layout: &Layout,
+    tuple: pg_sys::HeapTuple,
+    values: &[pg_sys::Datum],
+    nulls: &[bool],
+) {
+    // SAFETY: the caller's contract is index_spec's.
+    let spec = unsafe { index_spec(index, heap, layout, tuple) };
+    if !spec.takes_new_rows {
+        return;
+    }
+    let mut key: Vec<pg_sys::Datum> = spec.columns.iter().map(|&c| values[c]).collect();
+    let mut key_nulls: Vec<bool> = spec.columns.iter().map(|&c| nulls[c]).collect();
+    let check = if spec.unique {
+        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+    } else {
+        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
+    };
+    // SAFETY: the key has one datum per index column, taken from the heap row the entry points
+    // at (`t_self` of the tuple just inserted); `spec.info` was built for this index.
+    unsafe {
+        pg_sys::index_insert(
+            index,
+            key.as_mut_ptr(),
+            key_nulls.as_mut_ptr(),
+            &mut (*tuple).t_self,
+            heap,
+            check,
+            false,
+            spec.info,
+        )
+    };
+}
+
 /// Insert one `pending` delivery into the queue table `queue` (webhook.delivery's OID).
 pub fn insert(queue: pg_sys::Oid, delivery: &NewDelivery) {
     register_invalidation_callback();
     QUEUE.with(|q| q.set(queue));
     let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
-    // SAFETY: the queue table and each of its indexes are opened, used and closed here with
-    // RowExclusiveLock (kept to the transaction's end, as the executor does); the tuple is
-    // formed for that table's descriptor from values of the columns' own types (layout checked
-    // them by name), and every index entry points at the tuple just inserted.
+    let keep_lock = pg_sys::NoLock as pg_sys::LOCKMODE;
+    // SAFETY: opens the queue table by its OID with the lock an INSERT takes; the lock is kept
+    // to the transaction's end, as the executor does, and the relation is closed below.
+    let heap = unsafe { pg_sys::table_open(queue, lock) };
+    // SAFETY: `heap` is the open queue table.
+    let layout = unsafe { layout(heap) };
+    let (mut values, mut nulls) = row_values(&layout, delivery);
+    // SAFETY: one value and NULL flag per attribute of heap's descriptor (layout.natts), each
+    // of its column's type: layout found every column by name in the extension's own table.
+    let tuple =
+        unsafe { pg_sys::heap_form_tuple((*heap).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr()) };
+    // SAFETY: `tuple` was formed for `heap`'s descriptor; heap_insert sets its `t_self`.
+    unsafe { pg_sys::simple_heap_insert(heap, tuple) };
+    // SAFETY: `heap` is open; the list is freed below.
+    let indexes = unsafe { pg_sys::RelationGetIndexList(heap) };
+    // SAFETY: the length of a valid (possibly empty) list.
+    let count = unsafe { pg_sys::list_length(indexes) };
+    for n in 0..count {
+        // SAFETY: `n` is within the list; each OID is an index of the queue table, opened with
+        // the heap's lock mode and closed below.
+        let index = unsafe { pg_sys::index_open(pg_sys::list_nth_oid(indexes, n), lock) };
+        // An index still being built concurrently is not ready for inserts yet.
+        // SAFETY: an open index's pg_index row is valid while it is open.
+        if unsafe { (*(*index).rd_index).indisready } {
+            // SAFETY: `index` is open and ready, `tuple` was just inserted into `heap` from
+            // `values` and `nulls`, and `layout` was read from `heap`.
+            unsafe { insert_index_entry(index, heap, &layout, tuple, &values, &nulls) };
+        }
+        // SAFETY: closes the index opened above; its lock stays to the transaction's end.
+        unsafe { pg_sys::index_close(index, keep_lock) };
+    }
+    // SAFETY: frees the list and the tuple this function allocated, neither used again.
     unsafe {
-        let heap = pg_sys::table_open(queue, lock);
-        let layout = layout(heap);
-        let mut values = vec![pg_sys::Datum::from(0); layout.natts];
-        let mut nulls = vec![true; layout.natts];
-        let now = pg_sys::GetCurrentTransactionStartTimestamp();
-        let mut set = |i: usize, value: pg_sys::Datum| {
-            values[i] = value;
-            nulls[i] = false;
-        };
-        set(layout.id, delivery.id.into());
-        set(layout.endpoint_id, delivery.endpoint_id.into());
-        if let Some(s) = delivery.subscription_id {
-            set(layout.subscription_id, s.into());
-        }
-        set(layout.table_name, text_datum(delivery.table_name));
-        set(layout.operation, text_datum(delivery.operation));
-        set(layout.payload, text_datum(delivery.payload));
-        set(layout.status, text_datum("pending"));
-        set(layout.attempts, 0i32.into());
-        set(layout.cycle_start, 0i32.into());
-        set(layout.next_attempt_at, now.into());
-        set(layout.created_at, now.into());
-        let tuple =
-            pg_sys::heap_form_tuple((*heap).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
-        pg_sys::simple_heap_insert(heap, tuple);
-
-        let indexes = pg_sys::RelationGetIndexList(heap);
-        for n in 0..pg_sys::list_length(indexes) {
-            let index = pg_sys::index_open(pg_sys::list_nth_oid(indexes, n), lock);
-            // An index still being built concurrently is not ready for inserts yet.
-            if (*(*index).rd_index).indisready {
-                let spec = index_spec(index, heap, &layout, tuple);
-                if spec.takes_new_rows {
-                    let mut key: Vec<pg_sys::Datum> =
-                        spec.columns.iter().map(|&c| values[c]).collect();
-                    let mut key_nulls: Vec<bool> = spec.columns.iter().map(|&c| nulls[c]).collect();
-                    let check = if spec.unique {
-                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
-                    } else {
-                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
-                    };
-                    pg_sys::index_insert(
-                        index,
-                        key.as_mut_ptr(),
-                        key_nulls.as_mut_ptr(),
-                        &mut (*tuple).t_self,
-                        heap,
-                        check,
-                        false,
-                        spec.info,
-                    );
-                }
-            }
-            pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-        }
         pg_sys::list_free(indexes);
         pg_sys::heap_freetuple(tuple);
-        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
     }
+    // SAFETY: closes the table opened above; its lock stays to the transaction's end.
+    unsafe { pg_sys::table_close(heap, keep_lock) };
 }

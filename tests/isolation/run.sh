@@ -23,30 +23,14 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-PG_CONFIG=${PG_CONFIG:-/usr/bin/pg_config}
-PG_BIN=$("$PG_CONFIG" --bindir)
-PGXS_DIR=$(dirname "$(dirname "$("$PG_CONFIG" --pgxs)")")
+export SUITE=isolation
+# shellcheck source=SCRIPTDIR/../cluster.sh
+. "$HERE/../cluster.sh"
 ISOLATION_REGRESS=$PGXS_DIR/test/isolation/pg_isolation_regress
 DBNAME=webhook_isolation
 
-say() { printf '\033[1m[isolation]\033[0m %s\n' "$*"; }
-die() { say "$*" >&2; exit 2; }
-
-[[ -x $ISOLATION_REGRESS ]] || die "pg_isolation_regress not found at $ISOLATION_REGRESS (apt-get install postgresql-server-dev-15)"
-[[ -f $("$PG_CONFIG" --sharedir)/extension/webhook.control ]] ||
-    die "the webhook extension is not installed into $("$PG_CONFIG" --sharedir); run cargo pgrx install --pg-config $PG_CONFIG"
-
-as_postgres() {
-    if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-
-WORK=$(mktemp -d /tmp/webhook-isolation.XXXXXX)
-[[ $(id -u) == 0 ]] && chown postgres "$WORK"
-cleanup() {
-    as_postgres "$PG_BIN/pg_ctl" -D "$WORK/data" -m immediate -w stop >/dev/null 2>&1 || true
-    if [[ ${KEEP:-} ]]; then say "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+[[ -x $ISOLATION_REGRESS ]] || die "pg_isolation_regress not found at $ISOLATION_REGRESS (apt-get install postgresql-client-15)"
+start_cluster </dev/null
 
 # The worker's statements, as compiled into the extension (fails loudly if they moved or if
 # their parameters changed: the wrappers below pass them positionally).
@@ -119,23 +103,6 @@ END
 $fn$;
 """)
 PY
-
-PORT=$("${PYTHON:-python3}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-say "throwaway cluster in $WORK, port $PORT"
-as_postgres "$PG_BIN/initdb" -D "$WORK/data" -U postgres --auth=trust -E UTF8 --no-locale >/dev/null
-cat >>"$WORK/data/postgresql.conf" <<EOF
-port = $PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$WORK'
-fsync = off
-# The worker idles in database postgres: the specs' sessions are the workers of $DBNAME.
-shared_preload_libraries = 'webhook'
-webhook.database = 'postgres'
-EOF
-if ! as_postgres "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w -t 60 start >/dev/null; then
-    cat "$WORK/server.log" >&2
-    die "the cluster did not start"
-fi
 
 psql_() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
 psql_ -d postgres -c "CREATE DATABASE $DBNAME"
