@@ -391,7 +391,7 @@ fn capture<'a>(
                 &[Some(pg_sys::Datum::from(plan.sequence))],
             )
         })
-        .expect("nextval returns a value");
+        .unwrap_or_else(|| WebhookError::Internal("nextval returned NULL".into()).raise());
         let id_text = id.to_string();
         let meta = Meta {
             id: &id_text,

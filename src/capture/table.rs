@@ -5,15 +5,16 @@ use crate::subscription::TableShape;
 use pgrx::prelude::*;
 
 /// Queries run with the caller's search_path in triggers, so every operator is qualified.
-const TABLE_SQL: &str = "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, c.relkind::pg_catalog.text
+const TABLE_SQL: &str = "SELECT n.nspname::pg_catalog.text AS schema, c.relname::pg_catalog.text AS name,
+        c.relkind::pg_catalog.text AS kind
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
     WHERE c.oid OPERATOR(pg_catalog.=) $1";
-const COLUMNS_SQL: &str = "SELECT a.attname::pg_catalog.text,
-        a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog._text'::pg_catalog.regtype
+const COLUMNS_SQL: &str = "SELECT a.attname::pg_catalog.text AS name,
+        a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog._text'::pg_catalog.regtype AS is_text_array
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
     ORDER BY a.attnum";
-const PRIMARY_KEY_SQL: &str = "SELECT a.attname::pg_catalog.text
+const PRIMARY_KEY_SQL: &str = "SELECT a.attname::pg_catalog.text AS name
     FROM pg_catalog.pg_index i
     CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
     JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
@@ -21,20 +22,25 @@ const PRIMARY_KEY_SQL: &str = "SELECT a.attname::pg_catalog.text
     WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary
     ORDER BY k.ord";
 
+/// A catalog value that is never NULL.
+fn value<T: IntoDatum + FromDatum>(row: &pgrx::spi::SpiHeapTupleData, name: &str) -> Result<T> {
+    row.get_by_name(name)?
+        .ok_or_else(|| WebhookError::Internal(format!("catalog row without {name}")))
+}
+
+/// The shape of the table `relid`: its name, live columns and primary key.
 pub fn load(relid: pg_sys::Oid) -> Result<TableShape> {
     Spi::connect(|client| {
-        let found = client
-            .select(TABLE_SQL, None, &[relid.into()])
-            .expect("pg_class look-up");
+        let found = client.select(TABLE_SQL, None, &[relid.into()])?;
         let Some(row) = found.into_iter().next() else {
             return Err(WebhookError::invalid(format!(
                 "relation with OID {} does not exist",
                 relid.to_u32()
             )));
         };
-        let schema: String = row.get(1).expect("nspname").unwrap_or_default();
-        let table: String = row.get(2).expect("relname").unwrap_or_default();
-        let kind: String = row.get(3).expect("relkind").unwrap_or_default();
+        let schema: String = value(&row, "schema")?;
+        let table: String = value(&row, "name")?;
+        let kind: String = value(&row, "kind")?;
         let qualified_name = format!("{schema}.{table}");
         if kind != "r" {
             return Err(WebhookError::invalid(format!(
@@ -42,19 +48,13 @@ pub fn load(relid: pg_sys::Oid) -> Result<TableShape> {
             )));
         }
         let columns = client
-            .select(COLUMNS_SQL, None, &[relid.into()])
-            .expect("pg_attribute look-up")
-            .map(|r| {
-                let name: String = r.get(1).expect("attname").unwrap_or_default();
-                let is_text_array: bool = r.get(2).expect("atttypid").unwrap_or(false);
-                (name, is_text_array)
-            })
-            .collect();
+            .select(COLUMNS_SQL, None, &[relid.into()])?
+            .map(|r| Ok((value(&r, "name")?, value(&r, "is_text_array")?)))
+            .collect::<Result<Vec<_>>>()?;
         let primary_key = client
-            .select(PRIMARY_KEY_SQL, None, &[relid.into()])
-            .expect("pg_index look-up")
-            .map(|r| r.get::<String>(1).expect("attname").unwrap_or_default())
-            .collect();
+            .select(PRIMARY_KEY_SQL, None, &[relid.into()])?
+            .map(|r| value(&r, "name"))
+            .collect::<Result<Vec<_>>>()?;
         Ok(TableShape {
             qualified_name,
             schema,
