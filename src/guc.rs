@@ -16,7 +16,7 @@ pub static TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(32);
 pub static MAX_CONCURRENCY_PER_ENDPOINT: GucSetting<i32> = GucSetting::<i32>::new(16);
-pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
+pub static CLAIM_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 pub static ALLOWED_NETWORKS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
 pub static RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 86_400);
@@ -95,10 +95,10 @@ pub fn register(preloading: bool) {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
-        c"webhook.batch_size",
-        c"Deliveries a worker claims or records in one transaction.",
-        c"",
-        &BATCH_SIZE,
+        c"webhook.claim_size",
+        c"Deliveries a worker claims in one transaction.",
+        c"Formerly webhook.batch_size; renamed so that it does not clash with an endpoint's batch_size.",
+        &CLAIM_SIZE,
         1,
         10_000,
         GucContext::Sighup,
@@ -246,8 +246,8 @@ pub fn max_concurrency_per_endpoint() -> i32 {
     MAX_CONCURRENCY_PER_ENDPOINT.get()
 }
 
-pub fn batch_size() -> i64 {
-    BATCH_SIZE.get() as i64
+pub fn claim_size() -> i64 {
+    CLAIM_SIZE.get() as i64
 }
 
 pub fn retention_secs() -> i32 {

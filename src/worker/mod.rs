@@ -53,7 +53,7 @@ struct Settings {
     timeout: Duration,
     concurrency: usize,
     per_endpoint: i32,
-    batch: i64,
+    claim_size: i64,
 }
 
 impl Settings {
@@ -63,7 +63,7 @@ impl Settings {
             timeout: guc::timeout(),
             concurrency: guc::max_concurrency(),
             per_endpoint: guc::max_concurrency_per_endpoint(),
-            batch: guc::batch_size(),
+            claim_size: guc::claim_size(),
         }
     }
 }
@@ -211,7 +211,7 @@ impl Loop {
         if !self.ready || free == 0 {
             return IDLE_POLL;
         }
-        let limit = free.min(settings.batch);
+        let limit = free.min(settings.claim_size);
         let lease = settings.timeout + LEASE_MARGIN;
         if self.last_rescan.elapsed() >= RESCAN_EVERY {
             self.cursors.clear();

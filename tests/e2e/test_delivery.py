@@ -285,6 +285,10 @@ def test_documented_defaults(db):
     assert int(boot) * ms_per_unit[unit] == 10000, rows["webhook.timeout"]
     # This session runs with the suite's overrides, which the running values reflect.
     assert one(db, "SHOW webhook.retry_delays") == RETRY_DELAYS
+    # SPEC §4: the worker's claim setting is webhook.claim_size (it was webhook.batch_size, a
+    # name that clashed with the endpoint option batch_size).
+    assert one(db, "SELECT boot_val FROM pg_settings WHERE name = 'webhook.claim_size'") == "500"
+    assert one(db, "SELECT count(*) FROM pg_settings WHERE name = 'webhook.batch_size'") == 0
 
 
 def test_flaky_endpoint_succeeds_on_third_attempt(db, receiver, name):
