@@ -83,6 +83,16 @@ impl WebhookError {
 
 pub type Result<T> = std::result::Result<T, WebhookError>;
 
+/// A column of an SPI row that the query guarantees is not NULL, read by name; a NULL there is
+/// a broken invariant (XX000), never the caller's doing.
+pub fn not_null<T: pgrx::IntoDatum + pgrx::FromDatum>(
+    row: &pgrx::spi::SpiHeapTupleData,
+    column: &str,
+) -> Result<T> {
+    row.get_by_name(column)?
+        .ok_or_else(|| WebhookError::Internal(format!("column {column} is NULL")))
+}
+
 /// Unwrap a result at the SQL edge, raising the error as a PostgreSQL ERROR.
 pub trait OrRaise<T> {
     fn or_raise(self) -> T;

@@ -2,7 +2,7 @@
 //! outcome, and the loader that turns an endpoint row into a destination. Used by the worker's
 //! sender threads and by `test_endpoint`. Sending never touches PostgreSQL; loading does.
 
-use crate::error::{Result, WebhookError};
+use crate::error::{not_null, Result};
 use crate::network::NetworkPolicy;
 use crate::{schedule, sign};
 use pgrx::spi::SpiHeapTupleData;
@@ -236,14 +236,10 @@ impl Destination {
             .into_iter()
             .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
             .collect();
-        let missing =
-            |column: &str| WebhookError::Internal(format!("endpoint row without {column}"));
         Ok(Destination {
-            endpoint_id: row.get_by_name("id")?.ok_or_else(|| missing("id"))?,
-            url: row.get_by_name("url")?.ok_or_else(|| missing("url"))?,
-            method: row
-                .get_by_name("method")?
-                .ok_or_else(|| missing("method"))?,
+            endpoint_id: not_null(row, "id")?,
+            url: not_null(row, "url")?,
+            method: not_null(row, "method")?,
             headers,
             secrets: [
                 row.get_by_name::<String, _>("secret")?,

@@ -10,7 +10,7 @@ pub mod table;
 
 use crate::endpoint::Format;
 use crate::error::Result as WebhookResult;
-use crate::error::{OrRaise, WebhookError};
+use crate::error::{not_null, OrRaise, WebhookError};
 use crate::shmem;
 use crate::subscription::{Events, Options, Shape, TableShape};
 use enqueue::NewDelivery;
@@ -185,8 +185,7 @@ fn target(
     })?;
     let format: Option<String> = column(&row, "format")?;
     Ok(Target {
-        endpoint_id: column(&row, "endpoint_id")?
-            .ok_or_else(|| WebhookError::Internal("endpoint without id".into()))?,
+        endpoint_id: not_null(&row, "endpoint_id")?,
         endpoint_name: name.to_string(),
         enabled: column(&row, "enabled")?.unwrap_or(true),
         format: format

@@ -1,6 +1,6 @@
 //! Catalog look-ups of a watched table's shape (columns, primary key).
 
-use crate::error::{Result, WebhookError};
+use crate::error::{not_null, Result, WebhookError};
 use crate::subscription::TableShape;
 use pgrx::prelude::*;
 
@@ -22,12 +22,6 @@ const PRIMARY_KEY_SQL: &str = "SELECT a.attname::pg_catalog.text AS name
     WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary
     ORDER BY k.ord";
 
-/// A catalog value that is never NULL.
-fn value<T: IntoDatum + FromDatum>(row: &pgrx::spi::SpiHeapTupleData, name: &str) -> Result<T> {
-    row.get_by_name(name)?
-        .ok_or_else(|| WebhookError::Internal(format!("catalog row without {name}")))
-}
-
 /// The shape of the table `relid`: its name, live columns and primary key.
 pub fn load(relid: pg_sys::Oid) -> Result<TableShape> {
     Spi::connect(|client| {
@@ -38,9 +32,9 @@ pub fn load(relid: pg_sys::Oid) -> Result<TableShape> {
                 relid.to_u32()
             )));
         };
-        let schema: String = value(&row, "schema")?;
-        let table: String = value(&row, "name")?;
-        let kind: String = value(&row, "kind")?;
+        let schema: String = not_null(&row, "schema")?;
+        let table: String = not_null(&row, "name")?;
+        let kind: String = not_null(&row, "kind")?;
         let qualified_name = format!("{schema}.{table}");
         if kind != "r" {
             return Err(WebhookError::invalid(format!(
@@ -49,11 +43,11 @@ pub fn load(relid: pg_sys::Oid) -> Result<TableShape> {
         }
         let columns = client
             .select(COLUMNS_SQL, None, &[relid.into()])?
-            .map(|r| Ok((value(&r, "name")?, value(&r, "is_text_array")?)))
+            .map(|r| Ok((not_null(&r, "name")?, not_null(&r, "is_text_array")?)))
             .collect::<Result<Vec<_>>>()?;
         let primary_key = client
             .select(PRIMARY_KEY_SQL, None, &[relid.into()])?
-            .map(|r| value(&r, "name"))
+            .map(|r| not_null(&r, "name"))
             .collect::<Result<Vec<_>>>()?;
         Ok(TableShape {
             qualified_name,

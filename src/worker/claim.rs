@@ -4,7 +4,7 @@
 
 use super::sender::{Job, Outcome};
 use crate::delivery::{self, Status};
-use crate::error::{Result, WebhookError};
+use crate::error::{not_null, Result};
 use crate::http::{Destination, DESTINATION_COLUMNS};
 use crate::schedule;
 use pgrx::datum::TimestampWithTimeZone;
@@ -308,11 +308,6 @@ struct Claimed {
     payload: String,
 }
 
-fn column<T: IntoDatum + FromDatum>(row: &pgrx::spi::SpiHeapTupleData, name: &str) -> Result<T> {
-    row.get_by_name(name)?
-        .ok_or_else(|| WebhookError::Internal(format!("claimed row without {name}")))
-}
-
 /// Claim up to `limit` due deliveries; each becomes a job leased for `lease`.
 pub fn claim(
     limit: i64,
@@ -339,14 +334,14 @@ pub fn claim(
         let mut claimed = Vec::new();
         for row in client.update(&statements.claim, None, &args)? {
             let c = Claimed {
-                id: column(&row, "id")?,
-                endpoint_id: column(&row, "endpoint_id")?,
-                attempts: column(&row, "attempts")?,
-                cycle_start: column(&row, "cycle_start")?,
-                payload: column(&row, "payload")?,
+                id: not_null(&row, "id")?,
+                endpoint_id: not_null(&row, "endpoint_id")?,
+                attempts: not_null(&row, "attempts")?,
+                cycle_start: not_null(&row, "cycle_start")?,
+                payload: not_null(&row, "payload")?,
             };
             *per_endpoint.entry(c.endpoint_id).or_default() += 1;
-            cursors.advance(c.endpoint_id, column(&row, "was_due")?, c.id);
+            cursors.advance(c.endpoint_id, not_null(&row, "was_due")?, c.id);
             claimed.push(c);
         }
         // An endpoint that got fewer rows than it was allowed has nothing more due after its
