@@ -300,19 +300,7 @@ def main():
 
             # 4. latency at 50 commits/s
             db.execute("SELECT webhook.alter_endpoint('bench', enabled => true)")
-            db.execute("TRUNCATE b_watched")
-            committed = {}
-            start = time.monotonic()
-            for i in range(500):
-                target = start + i / 50
-                time.sleep(max(0, target - time.monotonic()))
-                db.execute("INSERT INTO b_watched (id, name) VALUES (%s, 'lat')", (i + 1,))
-                committed[i + 1] = time.time()
-            time.sleep(2)
-            ids = dict(db.execute("SELECT id, (payload::jsonb #>> '{data,id}')::bigint FROM webhook.delivery").fetchall())
-            received = {int(w): float(ms) for ms, w in nginx.log() if w.isdigit() and int(w) in ids}
-            lat = sorted((received[d] - committed[r]) * 1000 for d, r in ids.items() if d in received and r in committed)
-            results["4_latency_ms"] = {"n": len(lat), "p50": lat[len(lat) // 2], "p99": lat[int(len(lat) * 0.99) - 1]}
+            results["4_latency_ms"] = latency(db, nginx, "b_watched", commits=500)
             db.execute("TRUNCATE webhook.delivery, webhook.attempt")
 
             # 7. failing-endpoint isolation: healthy drain alone (figure 3) vs beside a blackhole
