@@ -22,7 +22,10 @@ import psycopg
 import psycopg.sql
 from standardwebhooks.webhooks import Webhook
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
+# PG_CONFIG names another PostgreSQL 15 installation (a copy, for a second build beside this one).
+PG_BIN = (subprocess.run([os.environ["PG_CONFIG"], "--bindir"], check=True, capture_output=True,
+                         text=True).stdout.strip()
+          if os.environ.get("PG_CONFIG") else "/usr/lib/postgresql/15/bin")
 
 
 def free_port():
