@@ -16,7 +16,8 @@ SELECT s.id, e.name AS endpoint, s.relid AS table_name,
                          FROM pg_catalog.pg_class c
                          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                          WHERE c.oid = s.relid)) AS name,
-       s.events, s.columns, s.rename, s.redact, s.lookup, s.visibility_column, s.created_at
+       s.events, s.columns, s.rename, s.redact, s.lookup, s.visibility_column, s.created_at,
+       s.behavior, s.changed, s.predicate
 FROM webhook.subscription s JOIN webhook.endpoint e ON e.id = s.endpoint_id;
 
 CREATE VIEW webhook.deliveries AS
@@ -73,11 +74,34 @@ BEGIN
         SELECT d.objid FROM pg_catalog.pg_event_trigger_dropped_objects() d
         WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
           AND d.objsubid OPERATOR(pg_catalog.=) 0);
+    -- Columns dropped by any command (DROP TYPE ... CASCADE too): the DDL guard decides.
+    PERFORM webhook._check_subscriptions(ARRAY(
+        SELECT DISTINCT d.objid FROM pg_catalog.pg_event_trigger_dropped_objects() d
+        WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+          AND d.objsubid OPERATOR(pg_catalog.>) 0));
 END
 $$;
 REVOKE ALL ON FUNCTION webhook._forget_dropped_tables() FROM PUBLIC;
 CREATE EVENT TRIGGER webhook_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION webhook._forget_dropped_tables();
+
+-- The DDL guard (SPEC §5): at the end of every ALTER TABLE, refuse the command if it dropped,
+-- renamed or retyped a column a subscription names, or left a subscription unable to fit its
+-- table; writes to a watched table then never fail because of a subscription. (The same
+-- definitions are in webhook--0.2.0--0.3.0.sql.)
+CREATE FUNCTION webhook._guard_subscriptions() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM webhook._check_subscriptions(ARRAY(
+        SELECT DISTINCT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
+        WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass));
+END
+$$;
+REVOKE ALL ON FUNCTION webhook._guard_subscriptions() FROM PUBLIC;
+CREATE EVENT TRIGGER webhook_guard_subscriptions ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION webhook._guard_subscriptions();
 
 -- Say so at once when nothing would ever be delivered from this database.
 DO $$

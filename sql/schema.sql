@@ -36,6 +36,14 @@ CREATE TABLE webhook.subscription (
     lookup            text[],        -- NULL means the primary key
     visibility_column text,
     created_at        timestamptz NOT NULL DEFAULT now(),
+    -- 0.3.0 (SPEC §2, §5):
+    behavior          text CHECK (behavior IN ('append', 'update_or_create', 'mirror')),
+    changed           text[],        -- UPDATEs are sent only if one of these columns changed
+    predicate         text,          -- as given to watch()
+    predicate_node    text,          -- the analysed predicate (nodeToString), evaluated by capture
+    -- The columns the options name, each with the attnum and type it had: the DDL guard refuses
+    -- dropping, renaming or retyping them. [{"column", "attnum", "type", "options": [...]}]
+    guard             jsonb NOT NULL DEFAULT '[]',
     UNIQUE (relid, endpoint_id)
 );
 

@@ -36,9 +36,16 @@ pub enum WebhookError {
     #[error("{0}")]
     WrongState(String),
     #[error("{0}")]
-    NotSupported(String),
-    #[error("{0}")]
     PermissionDenied(String),
+    /// A predicate PostgreSQL's parser or analyser refused, with the SQLSTATE it gave.
+    #[error("{message}")]
+    Predicate {
+        code: PgSqlErrorCode,
+        message: String,
+    },
+    /// DDL that would break a subscription (the DDL guard, SPEC §5).
+    #[error("{0}")]
+    InUse(String),
     /// A broken invariant or an SPI failure: a bug, never the caller's doing.
     #[error("internal error: {0}")]
     Internal(String),
@@ -68,8 +75,9 @@ impl WebhookError {
             WebhookError::UnknownColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
             WebhookError::NoKey(_) => ERRCODE_INVALID_COLUMN_REFERENCE,
             WebhookError::WrongState(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            WebhookError::NotSupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             WebhookError::PermissionDenied(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            WebhookError::Predicate { code, .. } => *code,
+            WebhookError::InUse(_) => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             WebhookError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }

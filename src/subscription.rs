@@ -70,10 +70,46 @@ impl Events {
     }
 }
 
+/// The Census destination's sync behaviours (SPEC §2), an alternative to naming `events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behavior {
+    /// Inserts only.
+    Append,
+    /// Inserts, and updates that change a sent value.
+    UpdateOrCreate,
+    /// Inserts, updates that change a sent value, and deletes.
+    Mirror,
+}
+
+impl Behavior {
+    pub fn parse(name: &str) -> Result<Behavior> {
+        match name {
+            "append" => Ok(Behavior::Append),
+            "update_or_create" => Ok(Behavior::UpdateOrCreate),
+            "mirror" => Ok(Behavior::Mirror),
+            _ => Err(WebhookError::invalid(format!(
+                "unknown behavior \"{name}\": accepted behaviors are append, update_or_create, mirror"
+            ))),
+        }
+    }
+
+    pub fn events(self) -> Events {
+        Events {
+            insert: true,
+            update: self != Behavior::Append,
+            delete: self == Behavior::Mirror,
+        }
+    }
+}
+
 /// Options as stored in `webhook.subscription` (NULL columns/lookup mean "all" / "primary key").
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Options {
-    pub events: Vec<String>,
+    /// None: every event, or those of `behavior`.
+    pub events: Option<Vec<String>>,
+    pub behavior: Option<String>,
+    /// UPDATEs are sent only when one of these columns changed (None: any column).
+    pub changed: Option<Vec<String>>,
     pub columns: Option<Vec<String>>,
     pub rename: Value,
     pub redact: Vec<String>,
@@ -86,6 +122,13 @@ pub struct Options {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Shape {
     pub events: Events,
+    /// An UPDATE is sent only if a sent field changed (behaviours update_or_create, mirror).
+    pub only_sent_changes: bool,
+    /// An UPDATE is sent only if one of these columns changed (the `changed` option).
+    pub changed: Option<Vec<String>>,
+    /// The row's key: primary-key columns, or the lookup columns when there is no primary key,
+    /// with their field names (a delete's `data`).
+    pub key: Vec<(String, String)>,
     /// Selected columns in table order, with the payload field name of each.
     pub fields: Vec<(String, String)>,
     pub redact: Vec<String>,
@@ -112,7 +155,25 @@ fn check_columns(table: &TableShape, option: &'static str, cols: &[String]) -> R
 impl Options {
     /// Validate against the table and resolve defaults.
     pub fn resolve(&self, table: &TableShape) -> Result<Shape> {
-        let events = Events::parse(&self.events)?;
+        let behavior = self.behavior.as_deref().map(Behavior::parse).transpose()?;
+        let events = match (&self.events, behavior) {
+            (Some(_), Some(_)) => {
+                return Err(WebhookError::invalid(
+                    "events and behavior are alternatives: name one of them, not both",
+                ))
+            }
+            (Some(list), None) => Events::parse(list)?,
+            (None, Some(b)) => b.events(),
+            (None, None) => Events::ALL,
+        };
+        if let Some(cols) = &self.changed {
+            if cols.is_empty() {
+                return Err(WebhookError::invalid(
+                    "changed must name at least one column, or be NULL for any column",
+                ));
+            }
+            check_columns(table, "changed", cols)?;
+        }
         if let Some(cols) = &self.columns {
             if cols.is_empty() {
                 return Err(WebhookError::invalid(
@@ -198,6 +259,25 @@ impl Options {
                 "column \"{c}\" is both a lookup column and redacted; lookup values are sent in clear"
             )));
         }
+        if let Some(c) = table.primary_key.iter().find(|c| self.redact.contains(c)) {
+            return Err(WebhookError::invalid(format!(
+                "column \"{c}\" is part of the primary key of {} and cannot be redacted; key columns identify the row in every payload",
+                table.qualified_name
+            )));
+        }
+        if let Some(v) = visibility_column
+            .as_ref()
+            .filter(|v| lookup_cols.contains(v))
+        {
+            return Err(WebhookError::invalid(format!(
+                "visibility column \"{v}\" cannot be a lookup column: the visibility column is never sent"
+            )));
+        }
+        let key_cols = if table.primary_key.is_empty() {
+            &lookup_cols
+        } else {
+            &table.primary_key
+        };
         let name = match &self.name {
             Some(n) if n.trim().is_empty() => {
                 return Err(WebhookError::invalid("subscription name must not be empty"))
@@ -207,6 +287,12 @@ impl Options {
         };
         Ok(Shape {
             events,
+            only_sent_changes: matches!(
+                behavior,
+                Some(Behavior::UpdateOrCreate | Behavior::Mirror)
+            ),
+            changed: self.changed.clone(),
+            key: key_cols.iter().map(|c| (c.clone(), field_of(c))).collect(),
             lookup: lookup_cols
                 .iter()
                 .map(|c| (c.clone(), field_of(c)))
@@ -241,7 +327,6 @@ pub(crate) mod tests {
 
     pub fn opts() -> Options {
         Options {
-            events: Events::ALL.to_list(),
             rename: json!({}),
             ..Default::default()
         }
@@ -256,6 +341,44 @@ pub(crate) mod tests {
             vec![("user_id".to_string(), "user_id".to_string())]
         );
         assert_eq!(s.name, "public.users");
+    }
+
+    #[test]
+    fn behaviors_choose_events_and_the_update_rule() {
+        let with = |b: &str| {
+            Options {
+                behavior: Some(b.into()),
+                ..opts()
+            }
+            .resolve(&users())
+            .unwrap()
+        };
+        let append = with("append");
+        assert_eq!(append.events.to_list(), vec!["insert"]);
+        let upsert = with("update_or_create");
+        assert_eq!(upsert.events.to_list(), vec!["insert", "update"]);
+        assert!(upsert.only_sent_changes);
+        let mirror = with("mirror");
+        assert_eq!(mirror.events, Events::ALL);
+        assert!(mirror.only_sent_changes);
+        let plain = opts().resolve(&users()).unwrap();
+        assert_eq!(plain.events, Events::ALL);
+        assert!(!plain.only_sent_changes);
+    }
+
+    #[test]
+    fn delete_key_is_the_primary_key_even_with_other_lookup_columns() {
+        let o = Options {
+            lookup: Some(vec!["email".into()]),
+            rename: json!({"user_id": "id"}),
+            ..opts()
+        };
+        let s = o.resolve(&users()).unwrap();
+        assert_eq!(s.key, vec![("user_id".to_string(), "id".to_string())]);
+        let mut no_pk = users();
+        no_pk.primary_key.clear();
+        let s = o.resolve(&no_pk).unwrap();
+        assert_eq!(s.key, vec![("email".to_string(), "email".to_string())]);
     }
 
     #[test]
@@ -274,7 +397,7 @@ pub(crate) mod tests {
         let cases: Vec<(Options, &str)> = vec![
             (
                 Options {
-                    events: vec!["truncate".into()],
+                    events: Some(vec!["truncate".into()]),
                     ..opts()
                 },
                 "\"truncate\"",
@@ -341,6 +464,51 @@ pub(crate) mod tests {
                     ..opts()
                 },
                 "\"user_id\"",
+            ),
+            (
+                Options {
+                    lookup: Some(vec!["email".into()]),
+                    redact: vec!["user_id".into()],
+                    ..opts()
+                },
+                "part of the primary key",
+            ),
+            (
+                Options {
+                    lookup: Some(vec!["hidden".into()]),
+                    visibility_column: Some("hidden".into()),
+                    ..opts()
+                },
+                "visibility column \"hidden\" cannot be a lookup column",
+            ),
+            (
+                Options {
+                    changed: Some(vec!["nope".into()]),
+                    ..opts()
+                },
+                "\"nope\" named in changed",
+            ),
+            (
+                Options {
+                    changed: Some(vec![]),
+                    ..opts()
+                },
+                "changed must name at least one column",
+            ),
+            (
+                Options {
+                    behavior: Some("upsert".into()),
+                    ..opts()
+                },
+                "unknown behavior \"upsert\"",
+            ),
+            (
+                Options {
+                    behavior: Some("mirror".into()),
+                    events: Some(vec!["insert".into()]),
+                    ..opts()
+                },
+                "events and behavior are alternatives",
             ),
         ];
         for (o, needle) in cases {

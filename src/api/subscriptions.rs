@@ -2,8 +2,8 @@
 //! checks that keep a caller to tables it could read and attach triggers to itself.
 
 use super::{endpoint_id, first_value, invalidate_capture_plans, required, string_list};
-use crate::capture::table;
-use crate::error::{OrRaise, Result, WebhookError};
+use crate::capture::{predicate, table};
+use crate::error::{not_null, OrRaise, Result, WebhookError};
 use crate::subscription::Options;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_literal, SpiClient};
@@ -99,6 +99,61 @@ pub(super) fn sync_trigger(client: &mut SpiClient, relid: pg_sys::Oid) -> Result
     Ok(())
 }
 
+/// The columns a subscription names, option by option, with the attribute number and type
+/// each had when `watch` stored it: the DDL guard (`check_subscriptions`) refuses DDL that
+/// drops, renames or retypes any of them.
+fn guard(
+    client: &SpiClient,
+    relid: pg_sys::Oid,
+    options: &Options,
+    primary_key: &[String],
+    predicate_columns: &[String],
+) -> Result<serde_json::Value> {
+    let mut named: Vec<(String, &'static str)> = Vec::new();
+    let mut add = |option: &'static str, cols: &[String]| {
+        named.extend(cols.iter().map(|c| (c.clone(), option)));
+    };
+    add("columns", options.columns.as_deref().unwrap_or_default());
+    if let serde_json::Value::Object(map) = &options.rename {
+        add("rename", &map.keys().cloned().collect::<Vec<_>>());
+    }
+    add("redact", &options.redact);
+    match &options.lookup {
+        Some(cols) => add("lookup", cols),
+        None => add("lookup (the primary key)", primary_key),
+    }
+    add("visibility_column", options.visibility_column.as_slice());
+    add("changed", options.changed.as_deref().unwrap_or_default());
+    add("predicate", predicate_columns);
+    let mut entries: Vec<serde_json::Value> = Vec::new();
+    for (column, option) in named {
+        if let Some(e) = entries.iter_mut().find(|e| e["column"] == column.as_str()) {
+            let list = e["options"]
+                .as_array_mut()
+                .expect("built below as an array");
+            if !list.iter().any(|o| o == option) {
+                list.push(option.into());
+            }
+            continue;
+        }
+        let found = client.select(
+            "SELECT attnum::int4 AS attnum, atttypid::oid::int8 AS type FROM pg_catalog.pg_attribute
+             WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+            None,
+            &[relid.into(), column.as_str().into()],
+        )?;
+        let Some(row) = found.into_iter().next() else {
+            continue;
+        };
+        let attnum: i32 = not_null(&row, "attnum")?;
+        let type_oid: i64 = not_null(&row, "type")?;
+        entries.push(serde_json::json!({
+            "column": column, "attnum": attnum, "type": type_oid, "options": [option]
+        }));
+    }
+    Ok(serde_json::Value::Array(entries))
+}
+
 /// Subscribe an endpoint to a table's changes; returns the subscription id. Watching again
 /// replaces the options.
 #[allow(clippy::too_many_arguments)]
@@ -107,7 +162,7 @@ pub(super) fn sync_trigger(client: &mut SpiClient, relid: pg_sys::Oid) -> Result
 fn watch(
     tbl: Option<PgRelation>,
     endpoint: Option<&str>,
-    events: default!(Option<Vec<Option<String>>>, "'{insert,update,delete}'"),
+    events: default!(Option<Vec<Option<String>>>, "NULL"),
     columns: default!(Option<Vec<Option<String>>>, "NULL"),
     rename: default!(Option<JsonB>, "'{}'"),
     redact: default!(Option<Vec<Option<String>>>, "'{}'"),
@@ -116,18 +171,15 @@ fn watch(
     name: default!(Option<&str>, "NULL"),
     changed: default!(Option<Vec<Option<String>>>, "NULL"),
     predicate: default!(Option<&str>, "NULL"),
+    behavior: default!(Option<&str>, "NULL"),
 ) -> i64 {
     let run = || -> Result<i64> {
         let relid = required(tbl, "tbl")?.oid();
         let endpoint = required(endpoint, "endpoint")?;
-        if changed.is_some() || predicate.is_some() {
-            return Err(WebhookError::NotSupported(
-                "the changed and predicate options of watch() are planned but not supported yet"
-                    .into(),
-            ));
-        }
         let options = Options {
-            events: required(string_list(events, "events")?, "events")?,
+            events: string_list(events, "events")?,
+            behavior: behavior.map(str::to_string),
+            changed: string_list(changed, "changed")?,
             columns: string_list(columns, "columns")?,
             rename: required(rename, "rename")?.0,
             redact: required(string_list(redact, "redact")?, "redact")?,
@@ -138,17 +190,39 @@ fn watch(
         let table = table::load(relid)?;
         require_table_rights(relid, &table.qualified_name)?;
         let shape = options.resolve(&table)?;
+        // SAFETY: reads the session's outer user id, a plain global set at connection time.
+        let caller = unsafe { pg_sys::GetOuterUserId() };
+        let analysed = match predicate {
+            Some(text) => {
+                // Names in the predicate resolve in pg_catalog only (SPEC §5); the function's
+                // own setting comes back when it returns.
+                Spi::run("SET LOCAL search_path = pg_catalog")?;
+                Some(predicate::analyse(relid, text, caller)?)
+            }
+            None => None,
+        };
         Spi::connect_mut(|client| {
             let endpoint_id = endpoint_id(client, endpoint)?;
+            let predicate_columns = analysed.as_ref().map(|a| a.columns.as_slice());
+            let guard = guard(
+                client,
+                relid,
+                &options,
+                &table.primary_key,
+                predicate_columns.unwrap_or_default(),
+            )?;
             let id: i64 = client
                 .update(
                     "INSERT INTO webhook.subscription
-                        (endpoint_id, relid, name, events, columns, rename, redact, lookup, visibility_column)
-                     VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9)
+                        (endpoint_id, relid, name, events, columns, rename, redact, lookup, visibility_column,
+                         behavior, changed, predicate, predicate_node, guard)
+                     VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                      ON CONFLICT (relid, endpoint_id) DO UPDATE SET name = excluded.name,
                         events = excluded.events, columns = excluded.columns, rename = excluded.rename,
                         redact = excluded.redact, lookup = excluded.lookup,
-                        visibility_column = excluded.visibility_column
+                        visibility_column = excluded.visibility_column, behavior = excluded.behavior,
+                        changed = excluded.changed, predicate = excluded.predicate,
+                        predicate_node = excluded.predicate_node, guard = excluded.guard
                      RETURNING id",
                     None,
                     &[
@@ -161,6 +235,11 @@ fn watch(
                         options.redact.clone().into(),
                         options.lookup.clone().into(),
                         options.visibility_column.clone().into(),
+                        options.behavior.clone().into(),
+                        options.changed.clone().into(),
+                        predicate.into(),
+                        analysed.as_ref().map(|a| a.node.clone()).into(),
+                        JsonB(guard).into(),
                     ],
                 )?
                 .first()
@@ -196,6 +275,90 @@ fn unwatch(tbl: Option<PgRelation>, endpoint: Option<&str>) {
                 });
             }
             sync_trigger(client, relid)?;
+            Ok(())
+        })
+    };
+    run().or_raise()
+}
+
+/// The DDL guard (SPEC §5), called by the event triggers at the end of ALTER TABLE and when
+/// columns are dropped: refuse the DDL if a subscription of one of `tables` names a column it
+/// dropped, renamed or retyped, or no longer fits the table at all (its primary key gone).
+/// Internal: the event triggers' functions call it.
+#[pg_extern(security_definer, volatile, name = "_check_subscriptions")]
+#[search_path(pg_catalog, pg_temp)]
+fn check_subscriptions(tables: Option<Vec<Option<pg_sys::Oid>>>) {
+    let tables: Vec<pg_sys::Oid> = tables.unwrap_or_default().into_iter().flatten().collect();
+    let run = || -> Result<()> {
+        Spi::connect(|client| {
+            let subscriptions = client.select(
+                "SELECT s.id AS subscription_id, v.endpoint, v.name AS subscription,
+                        s.relid::oid AS relid, s.guard::text AS guard, s.events, s.behavior, s.changed,
+                        s.columns, s.rename::text AS rename, s.redact, s.lookup, s.visibility_column, s.name
+                 FROM webhook.subscription s JOIN webhook.subscriptions v ON v.id = s.id
+                 WHERE s.relid::oid = ANY ($1) ORDER BY s.id",
+                None,
+                &[tables.clone().into()],
+            )?;
+            for row in subscriptions {
+                let relid: pg_sys::Oid = not_null(&row, "relid")?;
+                let endpoint: String = not_null(&row, "endpoint")?;
+                let subscription: String = not_null(&row, "subscription")?;
+                let guard: String = not_null(&row, "guard")?;
+                let table = table::load(relid)?;
+                let who = format!("subscription \"{subscription}\" of endpoint \"{endpoint}\"");
+                let entries: Vec<serde_json::Value> = serde_json::from_str(&guard)
+                    .map_err(|e| WebhookError::Internal(format!("guard of {who}: {e}")))?;
+                for entry in entries {
+                    let column = entry["column"].as_str().unwrap_or_default();
+                    let attnum = entry["attnum"].as_i64().unwrap_or_default() as i32;
+                    let type_oid = entry["type"].as_i64().unwrap_or_default();
+                    let options = entry["options"]
+                        .as_array()
+                        .map(|o| {
+                            o.iter()
+                                .filter_map(|v| v.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default();
+                    let now = client.select(
+                        "SELECT attname::text AS name, atttypid::oid::int8 AS type, attisdropped AS dropped
+                         FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum = $2",
+                        None,
+                        &[relid.into(), attnum.into()],
+                    )?;
+                    let change = match now.into_iter().next() {
+                        None => Some(format!("drop column \"{column}\"")),
+                        Some(r) if not_null::<bool>(&r, "dropped")? => {
+                            Some(format!("drop column \"{column}\""))
+                        }
+                        Some(r) => {
+                            let name: String = not_null(&r, "name")?;
+                            let now_type: i64 = not_null(&r, "type")?;
+                            if name != column {
+                                Some(format!("rename column \"{column}\" to \"{name}\""))
+                            } else if now_type != type_oid {
+                                Some(format!("change the type of column \"{column}\""))
+                            } else {
+                                None
+                            }
+                        }
+                    };
+                    if let Some(change) = change {
+                        return Err(WebhookError::InUse(format!(
+                            "cannot {change} of table {}: {who} names it in {options}; watch the table again without it, or unwatch it first",
+                            table.qualified_name
+                        )));
+                    }
+                }
+                if let Err(e) = crate::capture::stored_options(&row)?.resolve(&table) {
+                    return Err(WebhookError::InUse(format!(
+                        "this change to table {} would break {who}: {e}; watch the table again with other options, or unwatch it first",
+                        table.qualified_name
+                    )));
+                }
+            }
             Ok(())
         })
     };

@@ -6,6 +6,8 @@
 
 mod enqueue;
 mod payload;
+pub mod predicate;
+mod row;
 pub mod table;
 
 use crate::endpoint::Format;
@@ -17,6 +19,8 @@ use enqueue::NewDelivery;
 use payload::{Change, Meta, Op, Row};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiHeapTupleData};
+use predicate::Predicate;
+use row::ToJsonb;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -30,6 +34,11 @@ struct Target {
     format: Format,
     subscription_id: Option<i64>,
     shape: Shape,
+    /// The subscription's predicate, compiled for the table's current shape.
+    predicate: Option<Predicate>,
+    /// The columns an UPDATE must change (any of them) to be worth rendering as JSON at all;
+    /// an UPDATE that leaves their images untouched is not sent (SPEC §5).
+    update_attnums: Vec<i32>,
 }
 
 /// Everything a trigger needs per row, built once per backend and trigger.
@@ -37,6 +46,7 @@ struct Plan {
     relid: pg_sys::Oid,
     table: TableShape,
     targets: Vec<Target>,
+    to_jsonb: ToJsonb,
     queue_owner: pg_sys::Oid,
     queue: pg_sys::Oid,
     sequence: pg_sys::Oid,
@@ -53,7 +63,8 @@ thread_local! {
 
 const TARGETS_SQL: &str =
     "SELECT e.id AS endpoint_id, e.format, e.enabled, s.id AS subscription_id, s.events, s.columns,
-        s.rename::pg_catalog.text AS rename, s.redact, s.lookup, s.visibility_column, s.name
+        s.rename::pg_catalog.text AS rename, s.redact, s.lookup, s.visibility_column, s.name,
+        s.behavior, s.changed, s.predicate_node
     FROM webhook.endpoint e
     LEFT JOIN webhook.subscription s ON s.endpoint_id OPERATOR(pg_catalog.=) e.id
                                     AND s.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1
@@ -139,17 +150,23 @@ fn column<T: IntoDatum + FromDatum>(
 
 /// The subscription options stored for this endpoint and table, or the defaults when the
 /// trigger was attached by hand without `watch`.
-fn stored_options(row: &SpiHeapTupleData) -> WebhookResult<Options> {
+pub(crate) fn stored_options(row: &SpiHeapTupleData) -> WebhookResult<Options> {
     if column::<i64>(row, "subscription_id")?.is_none() {
         return Ok(Options {
-            events: Events::ALL.to_list(),
             rename: serde_json::json!({}),
             ..Default::default()
         });
     }
     let rename: Option<String> = column(row, "rename")?;
+    let behavior: Option<String> = column(row, "behavior")?;
     Ok(Options {
-        events: column(row, "events")?.unwrap_or_default(),
+        // With a behaviour, the stored events are the behaviour's own.
+        events: match behavior {
+            Some(_) => None,
+            None => Some(column(row, "events")?.unwrap_or_default()),
+        },
+        behavior,
+        changed: column(row, "changed")?,
         columns: column(row, "columns")?,
         rename: rename
             .and_then(|r| serde_json::from_str(&r).ok())
@@ -167,6 +184,7 @@ fn target(
     trigger_name: &str,
     table: &TableShape,
     relid: pg_sys::Oid,
+    desc: pg_sys::TupleDesc,
     name: &str,
 ) -> WebhookResult<Target> {
     let found = c.select(TARGETS_SQL, None, &[relid.into(), name.into()])?;
@@ -184,7 +202,35 @@ fn target(
         ))
     })?;
     let format: Option<String> = column(&row, "format")?;
+    let node: Option<String> = column(&row, "predicate_node")?;
+    // SAFETY: `desc` is the watched table's current descriptor, the shape the stored predicate
+    // was analysed for (the DDL guard refuses retyping or dropping a column it reads).
+    let predicate = node
+        .map(|n| unsafe { Predicate::compile(&n, desc) })
+        .transpose()?;
+    let visibility = shape.visibility_column.iter();
+    let update_columns: Option<Vec<&String>> = match (&shape.changed, shape.only_sent_changes) {
+        (Some(cols), _) => Some(cols.iter().chain(visibility).collect()),
+        (None, true) => Some(
+            shape
+                .fields
+                .iter()
+                .map(|(c, _)| c)
+                .chain(visibility)
+                .collect(),
+        ),
+        (None, false) => None,
+    };
+    // SAFETY: `desc` is a valid descriptor of the table.
+    let update_attnums = unsafe {
+        match update_columns {
+            Some(cols) => row::attnums(desc, cols),
+            None => row::live_attnums(desc),
+        }
+    };
     Ok(Target {
+        predicate,
+        update_attnums,
         endpoint_id: not_null(&row, "endpoint_id")?,
         endpoint_name: name.to_string(),
         enabled: column(&row, "enabled")?.unwrap_or(true),
@@ -199,9 +245,17 @@ fn target(
 
 fn build_plan(
     trigger_name: &str,
-    relid: pg_sys::Oid,
+    relation: pg_sys::Relation,
     endpoint_names: &[String],
 ) -> WebhookResult<Plan> {
+    // SAFETY: the trigger's open relation, valid for the call.
+    let (relid, desc, row_type) = unsafe {
+        (
+            (*relation).rd_id,
+            (*relation).rd_att,
+            (*(*relation).rd_rel).reltype,
+        )
+    };
     let table = table::load(relid)?;
     let queue_owner = queue_owner()?;
     as_user(queue_owner, || {
@@ -214,11 +268,13 @@ fn build_plan(
             ENDPOINT_TABLE.with(|e| e.set(endpoint_table.unwrap_or(pg_sys::InvalidOid)));
             let targets = endpoint_names
                 .iter()
-                .map(|name| target(c, trigger_name, &table, relid, name))
+                .map(|name| target(c, trigger_name, &table, relid, desc, name))
                 .collect::<WebhookResult<Vec<_>>>()?;
             Ok(Plan {
                 relid,
                 targets,
+                // SAFETY: the relation's own row type.
+                to_jsonb: unsafe { ToJsonb::new(row_type) },
                 queue_owner,
                 queue: queue.ok_or_else(missing)?,
                 sequence: sequence.ok_or_else(missing)?,
@@ -228,7 +284,7 @@ fn build_plan(
     })
 }
 
-fn plan_for(trigger: &pg_sys::Trigger, relid: pg_sys::Oid) -> Rc<Plan> {
+fn plan_for(trigger: &pg_sys::Trigger, relation: pg_sys::Relation) -> Rc<Plan> {
     register_invalidation_callback();
     if let Some(plan) = PLANS.with(|p| p.borrow().get(&trigger.tgoid).cloned()) {
         return plan;
@@ -252,40 +308,16 @@ fn plan_for(trigger: &pg_sys::Trigger, relid: pg_sys::Oid) -> Rc<Plan> {
         ))
         .raise();
     }
-    let plan = Rc::new(build_plan(&name, relid, &args).or_raise());
+    let plan = Rc::new(build_plan(&name, relation, &args).or_raise());
     if GENERATION.with(|g| g.get()) == generation {
         PLANS.with(|p| p.borrow_mut().insert(trigger.tgoid, plan.clone()));
     }
     plan
 }
 
-/// The row as a JSON object, converted by PostgreSQL itself (`row_to_json`: `to_jsonb` values).
-///
-/// The text is allocated in the current memory context, which is the trigger call's: it lives
-/// as long as the trigger call that `_call` borrows, and the returned `&'call str` cannot
-/// outlive it.
-///
-/// # Safety
-/// `tuple` must be a valid heap tuple of the relation whose descriptor is `desc`, both from
-/// the trigger data of `_call`.
-unsafe fn row_json<'call>(
-    _call: &'call pgrx::PgTrigger<'call>,
-    tuple: pg_sys::HeapTuple,
-    desc: pg_sys::TupleDesc,
-) -> &'call str {
-    // SAFETY: the caller guarantees `tuple` matches `desc`; the copy is palloc'd in the trigger
-    // call's memory context.
-    let datum = unsafe { pg_sys::heap_copy_tuple_as_datum(tuple, desc) };
-    // SAFETY: row_to_json takes one composite datum, which `datum` is; it never returns NULL
-    // for a non-NULL row, and its text is palloc'd in the same context.
-    let json: Option<&'call str> =
-        unsafe { pgrx::direct_function_call(pg_sys::row_to_json, &[Some(datum)]) };
-    json.unwrap_or_else(|| WebhookError::Internal("row_to_json returned NULL".into()).raise())
-}
-
 fn parse_row(json: &str) -> Row<'_> {
     Row::parse(json).unwrap_or_else(|e| {
-        WebhookError::Internal(format!("row_to_json gave no JSON object: {e}")).raise()
+        WebhookError::Internal(format!("to_jsonb gave no JSON object: {e}")).raise()
     })
 }
 
@@ -315,6 +347,75 @@ fn occurred_at() -> Rc<str> {
     })
 }
 
+/// What one target does with the row change, decided before any JSON is rendered.
+#[derive(Clone, Copy, PartialEq)]
+enum Decision {
+    Skip,
+    /// Send as this operation (an UPDATE can enter or leave the predicate's rows: SPEC §5).
+    Send(Op),
+    /// An UPDATE whose images differ in the columns that matter: decided on the JSON values.
+    CheckUpdate,
+}
+
+impl Target {
+    fn wants(&self, op: Op) -> bool {
+        let e: &Events = &self.shape.events;
+        match op {
+            Op::Insert => e.insert,
+            Op::Update => e.update,
+            Op::Delete => e.delete,
+        }
+    }
+
+    /// # Safety
+    /// The tuples must be the trigger's own, described by `desc`.
+    unsafe fn decide(
+        &self,
+        op: Op,
+        old: Option<pg_sys::HeapTuple>,
+        new: Option<pg_sys::HeapTuple>,
+        desc: pg_sys::TupleDesc,
+        owner: pg_sys::Oid,
+    ) -> Decision {
+        // The predicate runs as the extension owner, whoever writes the table.
+        let holds = |tuple: Option<pg_sys::HeapTuple>| match (&self.predicate, tuple) {
+            (None, _) => true,
+            // SAFETY: the caller's tuples, of the table the predicate was compiled for.
+            (Some(p), Some(t)) => as_user(owner, || unsafe { p.holds(t) }),
+            (Some(_), None) => false,
+        };
+        let effective = match op {
+            Op::Insert | Op::Delete => {
+                if !self.wants(op) || !holds(old.or(new)) {
+                    return Decision::Skip;
+                }
+                op
+            }
+            Op::Update => match (holds(old), holds(new)) {
+                (true, true) => Op::Update,
+                (true, false) => Op::Delete,
+                (false, true) => Op::Insert,
+                (false, false) => return Decision::Skip,
+            },
+        };
+        if !self.wants(effective) {
+            return Decision::Skip;
+        }
+        if effective != Op::Update {
+            return Decision::Send(effective);
+        }
+        let (Some(o), Some(n)) = (old, new) else {
+            return Decision::Skip;
+        };
+        // SAFETY: the caller's tuples and descriptor; update_attnums are columns of `desc`.
+        if unsafe { row::same_images(o, n, desc, &self.update_attnums) } {
+            Decision::Skip
+        } else {
+            Decision::CheckUpdate
+        }
+    }
+}
+
 #[pg_trigger]
 fn capture<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
@@ -332,55 +433,62 @@ fn capture<'a>(
         ))
         .raise();
     }
-    let op = if pgrx::trigger_support::trigger_fired_by_insert(event) {
-        Op::Insert
+    let (op, old, new) = if pgrx::trigger_support::trigger_fired_by_insert(event) {
+        (Op::Insert, None, Some(data.tg_trigtuple))
     } else if pgrx::trigger_support::trigger_fired_by_update(event) {
-        Op::Update
+        (Op::Update, Some(data.tg_trigtuple), Some(data.tg_newtuple))
     } else {
-        Op::Delete
+        (Op::Delete, Some(data.tg_trigtuple), None)
     };
     let relation = data.tg_relation;
-    // SAFETY: tg_relation is the open relation the trigger fired on, valid for the call.
-    let relid = unsafe { (*relation).rd_id };
-    let plan = plan_for(tg, relid);
-    let wanted = |t: &&Target| match op {
-        Op::Insert => t.shape.events.insert,
-        Op::Update => t.shape.events.update,
-        Op::Delete => t.shape.events.delete,
-    };
-    if !plan.targets.iter().any(|t| wanted(&t)) {
+    let plan = plan_for(tg, relation);
+    // SAFETY: tg_relation is the open relation the trigger fired on; its descriptor lives as
+    // long as it is open.
+    let desc = unsafe { (*relation).rd_att };
+    let decisions: Vec<Decision> = plan
+        .targets
+        .iter()
+        // SAFETY: the trigger's own tuples, described by the relation's descriptor.
+        .map(|t| unsafe { t.decide(op, old, new, desc, plan.queue_owner) })
+        .collect();
+    if decisions.iter().all(|d| *d == Decision::Skip) {
         return Ok(None);
     }
-    // SAFETY: as above; the descriptor lives as long as the open relation.
-    let desc = unsafe { (*relation).rd_att };
-    // SAFETY: the trigger's tuples belong to the relation whose descriptor `desc` is.
-    let trig_json = unsafe { row_json(trigger, data.tg_trigtuple, desc) };
-    let new_json = match op {
-        // SAFETY: as above; an UPDATE trigger always has the new tuple.
-        Op::Update => Some(unsafe { row_json(trigger, data.tg_newtuple, desc) }),
-        _ => None,
-    };
-    let trig_row = parse_row(trig_json);
+    // SAFETY: the trigger's tuples belong to the relation whose descriptor `desc` is; the text
+    // lives in the trigger call's memory context.
+    let render = |t: Option<pg_sys::HeapTuple>| t.map(|t| unsafe { plan.to_jsonb.render(t, desc) });
+    let (old_json, new_json) = (render(old), render(new));
+    let old_row = old_json.map(parse_row);
     let new_row = new_json.map(parse_row);
-    let change = match op {
-        Op::Insert => Change {
-            op,
-            old: None,
-            new: Some(&trig_row),
-        },
-        Op::Update => Change {
-            op,
-            old: Some(&trig_row),
-            new: new_row.as_ref(),
-        },
-        Op::Delete => Change {
-            op,
-            old: Some(&trig_row),
-            new: None,
-        },
-    };
     let occurred_at = occurred_at();
-    for target in plan.targets.iter().filter(wanted) {
+    let mut wake = false;
+    for (target, decision) in plan.targets.iter().zip(decisions) {
+        let change = match decision {
+            Decision::Skip => continue,
+            Decision::Send(Op::Insert) => Change {
+                op: Op::Insert,
+                old: None,
+                new: new_row.as_ref(),
+            },
+            Decision::Send(Op::Delete) => Change {
+                op: Op::Delete,
+                old: old_row.as_ref(),
+                new: None,
+            },
+            Decision::Send(Op::Update) | Decision::CheckUpdate => {
+                let (Some(o), Some(n)) = (old_row.as_ref(), new_row.as_ref()) else {
+                    continue;
+                };
+                if !payload::update_is_sent(&target.shape, o, n) {
+                    continue;
+                }
+                Change {
+                    op: Op::Update,
+                    old: Some(o),
+                    new: Some(n),
+                }
+            }
+        };
         // nextval checks privileges on the sequence, which the queue owner has.
         // SAFETY: nextval_oid takes one regclass argument, which `plan.sequence` (a sequence's
         // OID) is, and returns a non-NULL int8.
@@ -418,8 +526,9 @@ fn capture<'a>(
                 payload: &body,
             },
         );
+        wake |= target.enabled;
     }
-    if plan.targets.iter().filter(wanted).any(|t| t.enabled) {
+    if wake {
         shmem::wake_workers_at_commit();
     }
     Ok(None)

@@ -185,14 +185,78 @@ fn string(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(out, s).expect("writing JSON to memory cannot fail");
 }
 
+/// Is `col` (sent as `field`) redacted in `row`'s payload? Key columns never are: `watch`
+/// refuses to redact them and a row's visibility column cannot hide them.
+fn redacted_in(shape: &Shape, hidden: &[String], col: &str, field: &str) -> bool {
+    shape.redact.iter().any(|c| c == col)
+        || ((hidden.iter().any(|h| h == field || h == col))
+            && !shape.key.iter().any(|(k, _)| k == col))
+}
+
+/// The sent fields whose sent value differs between the old and the new row (redaction
+/// included), in field order: `meta.changed_fields`.
+pub fn changed_fields<'s>(shape: &'s Shape, old: &Row, new: &Row) -> Vec<&'s str> {
+    let (hidden_old, hidden_new) = (hidden_fields(shape, old), hidden_fields(shape, new));
+    shape
+        .fields
+        .iter()
+        .filter(|(col, field)| {
+            fn sent<'r>(
+                shape: &Shape,
+                row: &Row<'r>,
+                hidden: &[String],
+                col: &str,
+                field: &str,
+            ) -> &'r str {
+                if redacted_in(shape, hidden, col, field) {
+                    REDACTED
+                } else {
+                    row.text(col)
+                }
+            }
+            sent(shape, old, &hidden_old, col, field) != sent(shape, new, &hidden_new, col, field)
+        })
+        .map(|(_, field)| field.as_str())
+        .collect()
+}
+
+/// Whether an UPDATE is sent under this subscription (SPEC §5 "changed": each column's
+/// `to_jsonb` value, compared between the old and the new row). An UPDATE that changes no
+/// column is never sent; a `visibility_update` always is; otherwise `changed` needs one of its
+/// columns changed, and the behaviours update_or_create and mirror a sent value changed.
+pub fn update_is_sent(shape: &Shape, old: &Row, new: &Row) -> bool {
+    let differs = |col: &str| old.text(col) != new.text(col);
+    let any_column = old
+        .values
+        .keys()
+        .chain(new.values.keys())
+        .any(|c| differs(c));
+    if !any_column {
+        return false;
+    }
+    let change = Change {
+        op: Op::Update,
+        old: Some(old),
+        new: Some(new),
+    };
+    if operation(shape, &change) == "visibility_update" {
+        return true;
+    }
+    if let Some(cols) = &shape.changed {
+        if !cols.iter().any(|c| differs(c)) {
+            return false;
+        }
+    }
+    !shape.only_sent_changes || !changed_fields(shape, old, new).is_empty()
+}
+
 /// The selected, renamed fields of `row`, with redactions applied; returns the redacted names.
 fn record<'s>(out: &mut Vec<u8>, shape: &'s Shape, row: &Row) -> Vec<&'s str> {
     let hidden = hidden_fields(shape, row);
     let mut redacted = Vec::new();
     let mut data = Object::open(out);
     for (col, field) in &shape.fields {
-        let redact = shape.redact.contains(col) || hidden.contains(field) || hidden.contains(col);
-        if redact {
+        if redacted_in(shape, &hidden, col, field) {
             redacted.push(field.as_str());
             data.string(field, REDACTED);
         } else {
@@ -203,10 +267,10 @@ fn record<'s>(out: &mut Vec<u8>, shape: &'s Shape, row: &Row) -> Vec<&'s str> {
     redacted
 }
 
-/// Only the key (lookup) columns, as a delete's `data`.
+/// Only the key columns (primary key, else lookup), as a delete's `data`.
 fn key_record(out: &mut Vec<u8>, shape: &Shape, row: &Row) {
     let mut data = Object::open(out);
-    for (col, field) in &shape.lookup {
+    for (col, field) in &shape.key {
         data.raw(field, row.text(col));
     }
     data.close();
@@ -247,6 +311,11 @@ pub fn rownd(shape: &Shape, table: &TableShape, change: &Change, meta: &Meta) ->
     m.string("table", &table.qualified_name);
     m.string("id", meta.id);
     m.string("occurred_at", meta.occurred_at);
+    if let (Op::Update, Some(old), Some(new)) = (change.op, change.old, change.new) {
+        let list = m.key("changed_fields");
+        serde_json::to_writer(list, &changed_fields(shape, old, new))
+            .expect("writing JSON to memory cannot fail");
+    }
     m.close();
     body.close();
     finish(out)
