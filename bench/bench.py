@@ -208,6 +208,38 @@ def statistics_states(cluster, nginx, rows):
     return states
 
 
+def filters(cluster, url, seconds, rounds):
+    """Figure 9: what a filter that sends nothing costs the writer. Single-row INSERTs into a
+    table whose only subscription's predicate rejects every row, and single-row UPDATEs of a
+    column that a `changed` filter does not name, each against the same statement on an
+    unwatched table; rounds interleaved in rotated order, median of each."""
+    with cluster.connect() as db:
+        db.execute("SELECT webhook.create_endpoint('filters', %s)", (url,))
+        for t in ("f_plain", "f_rejected", "f_unchanged"):
+            db.execute(f"CREATE TABLE {t} ({COLUMNS})")
+            db.execute(f"INSERT INTO {t} (name, email, score, amount)"
+                       " SELECT 'n', 'e@x.y', g, g FROM generate_series(1, 10000) g")
+        db.execute("SELECT webhook.watch('f_rejected', 'filters', predicate => 'score < 0')")
+        db.execute("SELECT webhook.watch('f_unchanged', 'filters', changed => '{email}')")
+        db.execute("VACUUM ANALYZE f_plain, f_rejected, f_unchanged")
+        insert = "INSERT INTO {t} (name, email, score, amount) VALUES ('n', 'e@x.y', 42, 3.14);\n"
+        update = "\\set id random(1, 10000)\nUPDATE {t} SET score = score + 1 WHERE id = :id;\n"
+        variants = {"insert_plain": insert.format(t="f_plain"), "insert_rejected": insert.format(t="f_rejected"),
+                    "update_plain": update.format(t="f_plain"), "update_unchanged": update.format(t="f_unchanged")}
+        runs = {v: [] for v in variants}
+        names = list(variants)
+        for r in range(rounds):
+            for v in names[r % len(names):] + names[:r % len(names)]:
+                runs[v].append(pgbench(cluster, variants[v], seconds))
+        tps = {v: statistics.median(got) for v, got in runs.items()}
+        queued_rows = db.execute("SELECT count(*) FROM webhook.delivery d JOIN webhook.endpoint e"
+                                 " ON e.id = d.endpoint_id WHERE e.name = 'filters'").fetchone()[0]
+        return {"tps": tps, "tps_rounds": runs, "queued": queued_rows,
+                # time per statement, watched over unwatched (target <= 1.1)
+                "insert_time_ratio": tps["insert_plain"] / tps["insert_rejected"],
+                "update_time_ratio": tps["update_plain"] / tps["update_unchanged"]}
+
+
 def worker_rss_mb(db):
     """The workers' private memory (RssAnon): VmRSS also counts the shared buffers they touched."""
     pids = [r[0] for r in db.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'webhook delivery worker'")]
@@ -236,7 +268,7 @@ def main():
     ap.add_argument("--backlog-rows", type=int, default=1_000_000)
     ap.add_argument("--backlog-cycles", type=int, default=3, help="fill / drain / retention cycles (figure 5)")
     ap.add_argument("--burst-rows", type=int, default=50_000, help="rows per burst (figure 8)")
-    ap.add_argument("--only", choices=["statistics"], help="run figure 8 alone")
+    ap.add_argument("--only", choices=["statistics", "filters"], help="run figure 8 or 9 alone")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     results = {}
@@ -248,6 +280,12 @@ def main():
         if args.only == "statistics":
             cluster = new_cluster()
             results["8_statistics_states"] = statistics_states(cluster, nginx, args.burst_rows)
+            cluster.cleanup()
+            print(json.dumps(results, indent=2, default=str))
+            return
+        if args.only == "filters":
+            cluster = new_cluster()
+            results["9_filters"] = filters(cluster, nginx.url("/filters"), args.seconds, args.rounds)
             cluster.cleanup()
             print(json.dumps(results, indent=2, default=str))
             return
@@ -345,6 +383,11 @@ def main():
         cluster = new_cluster()
         results["8_statistics_states"] = statistics_states(cluster, nginx, args.burst_rows)
         results["8_worst_ratio"] = min(s["ratio_to_best"] for s in results["8_statistics_states"].values())
+        cluster.cleanup()
+
+        # 9. filters that send nothing, against the unwatched writes
+        cluster = new_cluster()
+        results["9_filters"] = filters(cluster, nginx.url("/filters"), args.seconds, args.rounds)
         cluster.cleanup()
 
         # 6. two workers (duplicates are counted among this figure's own requests: other

@@ -38,7 +38,9 @@ CASES = [
     ("SELECT webhook.watch('no_such_table', 'bad_ep')", (), "UndefinedTable", "no_such_table"),
     ("SELECT webhook.unwatch('bad_other', 'bad_ep')", (), "UndefinedObject", "bad_other"),
     ("SELECT webhook.redeliver(999999999)", (), "UndefinedObject", "999999999"),
-    ("SELECT webhook.watch('bad_in', 'bad_ep', predicate => 'id > 1')", (), "FeatureNotSupported", "predicate"),
+    ("SELECT webhook.watch('bad_in', 'bad_ep', predicate => 'nope > 1')", (), "UndefinedColumn", '"nope"'),
+    ("SELECT webhook.watch('bad_in', 'bad_ep', changed => '{nope}')", (), "UndefinedColumn", '"nope"'),
+    ("SELECT webhook.watch('bad_in', 'bad_ep', behavior => 'upsert')", (), "InvalidParameterValue", '"upsert"'),
     # wrong types, invalid JSON, huge values, NULLs and empty values
     ("SELECT webhook.redeliver('abc')", (), "InvalidTextRepresentation", '"abc"'),
     ("SELECT webhook.create_endpoint('x10', 'http://a/', headers => '{not json')", (),
