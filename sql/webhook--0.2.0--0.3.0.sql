@@ -53,7 +53,7 @@ CREATE FUNCTION webhook."watch"(
 VOLATILE SECURITY DEFINER
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'watch_wrapper';
+AS 'MODULE_PATHNAME', 'subscribe_wrapper';
 REVOKE ALL ON FUNCTION webhook.watch(regclass, text, text[], text[], jsonb, text[], text[], text, text, text[], text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION webhook.watch(regclass, text, text[], text[], jsonb, text[], text[], text, text, text[], text, text) TO webhook_admin;
 

@@ -155,11 +155,13 @@ fn guard(
 }
 
 /// Subscribe an endpoint to a table's changes; returns the subscription id. Watching again
-/// replaces the options.
+/// replaces the options. (The Rust name differs from the SQL name so that `watch_wrapper`, the
+/// symbol of the 11-argument `watch` of 0.1.0 and 0.2.0, keeps working between a package
+/// upgrade and `ALTER EXTENSION webhook UPDATE`: see `watch` below.)
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(security_definer, volatile)]
+#[pg_extern(security_definer, volatile, name = "watch")]
 #[search_path(pg_catalog, pg_temp)]
-fn watch(
+fn subscribe(
     tbl: Option<PgRelation>,
     endpoint: Option<&str>,
     events: default!(Option<Vec<Option<String>>>, "NULL"),
@@ -173,6 +175,71 @@ fn watch(
     predicate: default!(Option<&str>, "NULL"),
     behavior: default!(Option<&str>, "NULL"),
 ) -> i64 {
+    let args = WatchArgs {
+        tbl,
+        endpoint,
+        events,
+        columns,
+        rename,
+        redact,
+        lookup,
+        visibility_column,
+        name,
+        changed,
+        predicate,
+        behavior,
+    };
+    watch_with(args, false).or_raise()
+}
+
+/// `watch`'s arguments, as SQL passed them.
+struct WatchArgs<'a> {
+    tbl: Option<PgRelation>,
+    endpoint: Option<&'a str>,
+    events: Option<Vec<Option<String>>>,
+    columns: Option<Vec<Option<String>>>,
+    rename: Option<JsonB>,
+    redact: Option<Vec<Option<String>>>,
+    lookup: Option<Vec<Option<String>>>,
+    visibility_column: Option<&'a str>,
+    name: Option<&'a str>,
+    changed: Option<Vec<Option<String>>>,
+    predicate: Option<&'a str>,
+    behavior: Option<&'a str>,
+}
+
+/// The INSERT of a 0.1.0 / 0.2.0 schema, whose subscription table has no filter columns.
+const INSERT_BEFORE_0_3: &str = "INSERT INTO webhook.subscription
+        (endpoint_id, relid, name, events, columns, rename, redact, lookup, visibility_column)
+     VALUES ($1, $2::oid::regclass, $3, $4, $5, $6, $7, $8, $9)
+     ON CONFLICT (relid, endpoint_id) DO UPDATE SET name = excluded.name,
+        events = excluded.events, columns = excluded.columns, rename = excluded.rename,
+        redact = excluded.redact, lookup = excluded.lookup,
+        visibility_column = excluded.visibility_column
+     RETURNING id";
+
+/// `old_schema`: the installed schema is 0.1.0 or 0.2.0 (the package was upgraded, `ALTER
+/// EXTENSION webhook UPDATE` not run yet); only the options it can store are accepted.
+fn watch_with(a: WatchArgs, old_schema: bool) -> Result<i64> {
+    let WatchArgs {
+        tbl,
+        endpoint,
+        events,
+        columns,
+        rename,
+        redact,
+        lookup,
+        visibility_column,
+        name,
+        changed,
+        predicate,
+        behavior,
+    } = a;
+    if old_schema && (changed.is_some() || predicate.is_some() || behavior.is_some()) {
+        return Err(WebhookError::WrongState(
+            "the changed, predicate and behavior options need the 0.3.0 schema: run ALTER EXTENSION webhook UPDATE".into(),
+        ));
+    }
     let run = || -> Result<i64> {
         let relid = required(tbl, "tbl")?.oid();
         let endpoint = required(endpoint, "endpoint")?;
@@ -203,6 +270,31 @@ fn watch(
         };
         Spi::connect_mut(|client| {
             let endpoint_id = endpoint_id(client, endpoint)?;
+            if old_schema {
+                let id: i64 = client
+                    .update(
+                        INSERT_BEFORE_0_3,
+                        None,
+                        &[
+                            endpoint_id.into(),
+                            relid.into(),
+                            options.name.clone().into(),
+                            shape.events.to_list().into(),
+                            options.columns.clone().into(),
+                            JsonB(options.rename.clone()).into(),
+                            options.redact.clone().into(),
+                            options.lookup.clone().into(),
+                            options.visibility_column.clone().into(),
+                        ],
+                    )?
+                    .first()
+                    .get_one()?
+                    .ok_or_else(|| {
+                        WebhookError::Internal("INSERT ... RETURNING id gave no id".into())
+                    })?;
+                sync_trigger(client, relid)?;
+                return Ok(id);
+            }
             let predicate_columns = analysed.as_ref().map(|a| a.columns.as_slice());
             let guard = guard(
                 client,
@@ -248,6 +340,44 @@ fn watch(
             sync_trigger(client, relid)?;
             Ok(id)
         })
+    };
+    run()
+}
+
+/// `watch` as 0.1.0 and 0.2.0 declared it (no `behavior`), for their SQL definitions until
+/// `ALTER EXTENSION webhook UPDATE` replaces them. No SQL of this version refers to it.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn watch(
+    tbl: Option<PgRelation>,
+    endpoint: Option<&str>,
+    events: Option<Vec<Option<String>>>,
+    columns: Option<Vec<Option<String>>>,
+    rename: Option<JsonB>,
+    redact: Option<Vec<Option<String>>>,
+    lookup: Option<Vec<Option<String>>>,
+    visibility_column: Option<&str>,
+    name: Option<&str>,
+    changed: Option<Vec<Option<String>>>,
+    predicate: Option<&str>,
+) -> i64 {
+    let args = WatchArgs {
+        tbl,
+        endpoint,
+        events,
+        columns,
+        rename,
+        redact,
+        lookup,
+        visibility_column,
+        name,
+        changed,
+        predicate,
+        behavior: None,
+    };
+    let run = || -> Result<i64> {
+        let (_, version) = crate::capture::extension()?;
+        watch_with(args, matches!(version.as_str(), "0.1.0" | "0.2.0"))
     };
     run().or_raise()
 }

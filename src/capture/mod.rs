@@ -61,17 +61,38 @@ thread_local! {
     static OCCURRED_AT: RefCell<Option<(i64, Rc<str>)>> = const { RefCell::new(None) };
 }
 
-const TARGETS_SQL: &str =
-    "SELECT e.id AS endpoint_id, e.format, e.enabled, s.id AS subscription_id, s.events, s.columns,
+/// The subscription columns each schema version has beyond 0.2.0's. Between a package upgrade
+/// and `ALTER EXTENSION webhook UPDATE` this library runs against the older schema: capture
+/// keeps working there, with the options that schema can hold.
+fn filter_columns(schema_version: &str) -> &'static str {
+    match schema_version {
+        "0.1.0" | "0.2.0" => {
+            "NULL::pg_catalog.text AS behavior, NULL::pg_catalog.text[] AS changed,
+             NULL::pg_catalog.text AS predicate_node"
+        }
+        _ => "s.behavior, s.changed, s.predicate_node",
+    }
+}
+
+fn targets_sql(schema_version: &str) -> String {
+    format!(
+        "SELECT e.id AS endpoint_id, e.format, e.enabled, s.id AS subscription_id, s.events, s.columns,
         s.rename::pg_catalog.text AS rename, s.redact, s.lookup, s.visibility_column, s.name,
-        s.behavior, s.changed, s.predicate_node
-    FROM webhook.endpoint e
+        {}
+    FROM webhook.endpoint e{TARGETS_FROM}",
+        filter_columns(schema_version)
+    )
+}
+
+const TARGETS_FROM: &str = "
     LEFT JOIN webhook.subscription s ON s.endpoint_id OPERATOR(pg_catalog.=) e.id
                                     AND s.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1
     WHERE e.name OPERATOR(pg_catalog.=) $2";
 
-/// The extension owner owns the queue; looked up without touching schema webhook.
-const OWNER_SQL: &str = "SELECT e.extowner FROM pg_catalog.pg_extension e
+/// The extension owner owns the queue; looked up without touching schema webhook, with the
+/// installed schema's version.
+const OWNER_SQL: &str =
+    "SELECT e.extowner, e.extversion::pg_catalog.text FROM pg_catalog.pg_extension e
     WHERE e.extname OPERATOR(pg_catalog.=) 'webhook'";
 const QUEUE_SQL: &str = "SELECT 'webhook.delivery'::pg_catalog.regclass::pg_catalog.oid,
     'webhook.delivery_id_seq'::pg_catalog.regclass::pg_catalog.oid,
@@ -136,9 +157,11 @@ fn as_user<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     result
 }
 
-fn queue_owner() -> WebhookResult<pg_sys::Oid> {
-    Spi::get_one::<pg_sys::Oid>(OWNER_SQL)?
-        .ok_or_else(|| WebhookError::Internal("extension webhook is not installed".into()))
+/// The extension owner and the installed schema version.
+pub(crate) fn extension() -> WebhookResult<(pg_sys::Oid, String)> {
+    let missing = || WebhookError::Internal("extension webhook is not installed".into());
+    let (owner, version) = Spi::get_two::<pg_sys::Oid, String>(OWNER_SQL)?;
+    Ok((owner.ok_or_else(missing)?, version.ok_or_else(missing)?))
 }
 
 fn column<T: IntoDatum + FromDatum>(
@@ -186,8 +209,9 @@ fn target(
     relid: pg_sys::Oid,
     desc: pg_sys::TupleDesc,
     name: &str,
+    targets_sql: &str,
 ) -> WebhookResult<Target> {
-    let found = c.select(TARGETS_SQL, None, &[relid.into(), name.into()])?;
+    let found = c.select(targets_sql, None, &[relid.into(), name.into()])?;
     let Some(row) = found.into_iter().next() else {
         return Err(WebhookError::UnknownEndpointInTrigger {
             endpoint: name.to_string(),
@@ -257,7 +281,8 @@ fn build_plan(
         )
     };
     let table = table::load(relid)?;
-    let queue_owner = queue_owner()?;
+    let (queue_owner, schema_version) = extension()?;
+    let targets_sql = targets_sql(&schema_version);
     as_user(queue_owner, || {
         Spi::connect(|c| {
             let missing = || WebhookError::Internal("the queue's objects are missing".into());
@@ -268,7 +293,7 @@ fn build_plan(
             ENDPOINT_TABLE.with(|e| e.set(endpoint_table.unwrap_or(pg_sys::InvalidOid)));
             let targets = endpoint_names
                 .iter()
-                .map(|name| target(c, trigger_name, &table, relid, desc, name))
+                .map(|name| target(c, trigger_name, &table, relid, desc, name, &targets_sql))
                 .collect::<WebhookResult<Vec<_>>>()?;
             Ok(Plan {
                 relid,

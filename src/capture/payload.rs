@@ -193,31 +193,48 @@ fn redacted_in(shape: &Shape, hidden: &[String], col: &str, field: &str) -> bool
             && !shape.key.iter().any(|(k, _)| k == col))
 }
 
-/// The sent fields whose sent value differs between the old and the new row (redaction
-/// included), in field order: `meta.changed_fields`.
-pub fn changed_fields<'s>(shape: &'s Shape, old: &Row, new: &Row) -> Vec<&'s str> {
+/// The fields of `shape` that differ between the old and the new row, in field order, judged
+/// by `differs(column, field, redacted in old, redacted in new)`.
+fn fields_where<'s>(
+    shape: &'s Shape,
+    old: &Row,
+    new: &Row,
+    differs: impl Fn(&str, bool, bool) -> bool,
+) -> Vec<&'s str> {
     let (hidden_old, hidden_new) = (hidden_fields(shape, old), hidden_fields(shape, new));
     shape
         .fields
         .iter()
         .filter(|(col, field)| {
-            fn sent<'r>(
-                shape: &Shape,
-                row: &Row<'r>,
-                hidden: &[String],
-                col: &str,
-                field: &str,
-            ) -> &'r str {
-                if redacted_in(shape, hidden, col, field) {
-                    REDACTED
-                } else {
-                    row.text(col)
-                }
-            }
-            sent(shape, old, &hidden_old, col, field) != sent(shape, new, &hidden_new, col, field)
+            differs(
+                col,
+                redacted_in(shape, &hidden_old, col, field),
+                redacted_in(shape, &hidden_new, col, field),
+            )
         })
         .map(|(_, field)| field.as_str())
         .collect()
+}
+
+/// `meta.changed_fields`: the sent fields whose value changed, or whose redaction did (a
+/// redacted field's name is listed, never its value).
+pub fn changed_fields<'s>(shape: &'s Shape, old: &Row, new: &Row) -> Vec<&'s str> {
+    fields_where(shape, old, new, |col, was_redacted, is_redacted| {
+        old.text(col) != new.text(col) || was_redacted != is_redacted
+    })
+}
+
+/// Does any field's value as sent (after redaction) differ? What update_or_create and mirror
+/// call "an update that changes a sent column".
+fn sent_value_changed(shape: &Shape, old: &Row, new: &Row) -> bool {
+    !fields_where(shape, old, new, |col, was_redacted, is_redacted| {
+        match (was_redacted, is_redacted) {
+            (true, true) => false,
+            (false, false) => old.text(col) != new.text(col),
+            _ => true,
+        }
+    })
+    .is_empty()
 }
 
 /// Whether an UPDATE is sent under this subscription (SPEC §5 "changed": each column's
@@ -247,7 +264,7 @@ pub fn update_is_sent(shape: &Shape, old: &Row, new: &Row) -> bool {
             return false;
         }
     }
-    !shape.only_sent_changes || !changed_fields(shape, old, new).is_empty()
+    !shape.only_sent_changes || sent_value_changed(shape, old, new)
 }
 
 /// The selected, renamed fields of `row`, with redactions applied; returns the redacted names.
@@ -493,6 +510,57 @@ mod tests {
                    "schema_name": "public", "table_name": "users", "sync_configuration_id": 1234,
                    "sync_configuration_name": null, "data": [{"email": "jrose@acme.com"}]})
         );
+    }
+
+    fn update(old: &Value, new: &Value, o: Options) -> (bool, Vec<String>) {
+        let shape = o.resolve(&users()).unwrap();
+        let (old_text, new_text) = (old.to_string(), new.to_string());
+        let (old, new) = (
+            Row::parse(&old_text).unwrap(),
+            Row::parse(&new_text).unwrap(),
+        );
+        let fields = changed_fields(&shape, &old, &new)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        (update_is_sent(&shape, &old, &new), fields)
+    }
+
+    #[test]
+    fn updates_are_sent_by_the_spec_rules_of_changed() {
+        let old = juliet();
+        let mut renamed = juliet();
+        renamed["first_name"] = json!("Jules");
+        let mut hidden = juliet();
+        hidden["hidden"] = json!(["email"]);
+        // Nothing changed: never sent, whatever the options.
+        assert_eq!(update(&old, &old, opts()), (false, vec![]));
+        // Any column changed: sent, and the changed field is listed.
+        assert_eq!(
+            update(&old, &renamed, opts()),
+            (true, vec!["first_name".into()])
+        );
+        let only_email = || Options {
+            changed: Some(vec!["email".into()]),
+            visibility_column: Some("hidden".into()),
+            ..opts()
+        };
+        assert!(!update(&old, &renamed, only_email()).0);
+        // A visibility_update is always sent, and lists the field whose redaction changed.
+        assert_eq!(
+            update(&old, &hidden, only_email()),
+            (true, vec!["email".into()])
+        );
+        // Behaviours: a change to a redacted column changes no sent value.
+        let mirror = |redact: Vec<String>| Options {
+            behavior: Some("mirror".into()),
+            redact,
+            ..opts()
+        };
+        assert!(update(&old, &renamed, mirror(vec![])).0);
+        let (sent, fields) = update(&old, &renamed, mirror(vec!["first_name".into()]));
+        assert!(!sent);
+        assert_eq!(fields, vec!["first_name".to_string()]);
     }
 
     #[test]

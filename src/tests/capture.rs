@@ -28,10 +28,12 @@ mod tests {
                        "meta": {"operation": "data_insert", "lookup_values": lookup}}),
                 json!({"data": {"user_id": 1, "mail": "<<REDACTED>>", "first_name": "<<REDACTED>>"},
                        "redacted": ["mail", "first_name"],
-                       "meta": {"operation": "visibility_update", "lookup_values": lookup}}),
+                       "meta": {"operation": "visibility_update", "lookup_values": lookup,
+                                "changed_fields": ["mail"]}}),
                 json!({"data": {"user_id": 1, "mail": "<<REDACTED>>", "first_name": "<<REDACTED>>"},
                        "redacted": ["mail", "first_name"],
-                       "meta": {"operation": "data_update", "lookup_values": lookup}}),
+                       "meta": {"operation": "data_update", "lookup_values": lookup,
+                                "changed_fields": ["mail"]}}),
                 json!({"data": {"user_id": 1}, "meta": {"operation": "delete", "lookup_values": lookup}}),
             ]
         );

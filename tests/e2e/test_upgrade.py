@@ -23,9 +23,8 @@ import pytest
 from conftest import one, wait_until
 from harness import PG_BIN, Cluster, verify
 
-OLD_VERSION = "0.1.0"
-RELEASED_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "upgrade",
-                               f"webhook--{OLD_VERSION}.sql")
+RELEASED = ["0.1.0", "0.2.0"]   # every released version, each upgraded from in turn
+UPGRADE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "upgrade")
 INSERTS, UPDATES, DELETES = 300, 100, 100   # the changes queued under the old version
 AFTER_UPGRADE = 10                          # inserts, then updates and deletes of as many rows
 DELIVERY_DEADLINE_S = 60.0
@@ -40,19 +39,20 @@ def extension_dir():
     return os.path.join(sharedir.stdout.strip(), "extension")
 
 
-@pytest.fixture(scope="module")
-def released_script():
-    """The released install script, where CREATE EXTENSION ... VERSION finds it."""
-    target = os.path.join(extension_dir(), os.path.basename(RELEASED_SCRIPT))
+@pytest.fixture(params=RELEASED)
+def old_version(request):
+    """A released version, its install script where CREATE EXTENSION ... VERSION finds it."""
+    script = os.path.join(UPGRADE_DIR, f"webhook--{request.param}.sql")
+    target = os.path.join(extension_dir(), os.path.basename(script))
     # Missing after a fresh setup; different only if a build of another commit was installed
     # under the released version number, which is then not what users have.
-    if not os.path.exists(target) or not filecmp.cmp(RELEASED_SCRIPT, target, shallow=False):
-        shutil.copyfile(RELEASED_SCRIPT, target)
-    return target
+    if not os.path.exists(target) or not filecmp.cmp(script, target, shallow=False):
+        shutil.copyfile(script, target)
+    return request.param
 
 
-@pytest.fixture(scope="module")
-def old_cluster(released_script, request):
+@pytest.fixture
+def old_cluster(old_version, request):
     """A cluster of its own: the worker delivers from database postgres, where the old version
     is installed; the server log is printed when a test of this module failed."""
     c = Cluster().start()
@@ -210,8 +210,9 @@ def describe(conn):
 
 # ---- the test -------------------------------------------------------------------------------
 
-def test_upgrade_keeps_the_queue_and_gives_the_fresh_schema(old_cluster, receiver):
-    path = "/ok/upgrade"
+def test_upgrade_keeps_the_queue_and_gives_the_fresh_schema(old_version, old_cluster, receiver):
+    OLD_VERSION = old_version
+    path = f"/ok/upgrade/{OLD_VERSION}"
     with old_cluster.connect() as db:
         new_version = default_version(db)
         assert new_version != OLD_VERSION, (
@@ -241,7 +242,10 @@ def test_upgrade_keeps_the_queue_and_gives_the_fresh_schema(old_cluster, receive
         db.execute("SELECT webhook.watch('dropped_before', 'stale')")
         db.execute("DROP TABLE dropped_before")
         assert one(db, "SELECT count(*) FROM webhook.subscription s JOIN webhook.endpoint e"
-                       " ON e.id = s.endpoint_id WHERE e.name = 'stale'") == 1
+                       " ON e.id = s.endpoint_id WHERE e.name = 'stale'") == (1 if OLD_VERSION == "0.1.0" else 0)
+        # The new options need the new schema; until the update they are refused, clearly.
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="ALTER EXTENSION webhook UPDATE"):
+            db.execute("SELECT webhook.watch('items', 'upgrade', predicate => 'id > 0')")
 
         assert receiver.received(path) == []  # disabled: nothing sent yet
 
@@ -286,6 +290,10 @@ def test_upgrade_keeps_the_queue_and_gives_the_fresh_schema(old_cluster, receive
         with old_cluster.connect(user="upgrade_app") as app:  # no rights on schema webhook
             app.execute("DROP TABLE app_items")
         assert one(db, "SELECT count(*) FROM webhook.subscription") == 1  # items' only
+        # Subscriptions made before the upgrade are guarded like new ones.
+        with pytest.raises(psycopg.errors.DependentObjectsStillExist, match='cannot drop column "id"'):
+            db.execute("ALTER TABLE items DROP COLUMN id")
+        db.execute("SELECT webhook.watch('items', 'upgrade', predicate => 'id > 0', changed => '{v}')")
         db.execute("SELECT webhook.drop_endpoint('upgrade')")  # it watched app_items, now dropped
 
         # The upgraded schema is the fresh install's.
