@@ -489,6 +489,45 @@ fn check_subscriptions(tables: Option<Vec<Option<pg_sys::Oid>>>) {
                     )));
                 }
             }
+            // Hand-attached capture() triggers send to endpoints without a subscription with the
+            // default options, which need the primary key.
+            let triggers = client.select(
+                "SELECT t.tgrelid AS relid, t.tgname::text AS trigger, t.tgargs AS args
+                 FROM pg_catalog.pg_trigger t
+                 WHERE t.tgfoid = 'webhook.capture'::regproc AND t.tgrelid = ANY ($1)",
+                None,
+                &[tables.clone().into()],
+            )?;
+            for row in triggers {
+                let relid: pg_sys::Oid = not_null(&row, "relid")?;
+                let trigger: String = not_null(&row, "trigger")?;
+                let args: Vec<u8> = not_null(&row, "args")?;
+                let endpoints = args
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned());
+                let mut uses_defaults = false;
+                for endpoint in endpoints {
+                    uses_defaults |= client
+                        .select(
+                            "SELECT NOT EXISTS (SELECT 1 FROM webhook.subscription s
+                                 JOIN webhook.endpoint e ON e.id = s.endpoint_id
+                                 WHERE e.name = $1 AND s.relid::oid = $2)",
+                            None,
+                            &[endpoint.as_str().into(), relid.into()],
+                        )?
+                        .first()
+                        .get_one::<bool>()?
+                        .unwrap_or(false);
+                }
+                let table = table::load(relid)?;
+                if uses_defaults && table.primary_key.is_empty() {
+                    return Err(WebhookError::InUse(format!(
+                        "this change to table {} would break trigger \"{trigger}\": it calls webhook.capture() for an endpoint with no subscription to the table, whose default options need a primary key; watch the table with lookup => ARRAY[...] first",
+                        table.qualified_name
+                    )));
+                }
+            }
             Ok(())
         })
     };

@@ -225,3 +225,21 @@ def test_dropping_the_primary_key_of_a_default_lookup_is_refused_and_drop_table_
     db.execute(f"DROP TABLE {name}")
     assert one(db, "SELECT count(*) FROM webhook.subscriptions WHERE endpoint = %s", name) == 0
     db.execute("SELECT webhook.drop_endpoint(%s)", (name,))
+
+
+def test_a_hand_attached_trigger_keeps_its_primary_key(db, receiver, name):
+    """A capture() trigger attached by hand for an endpoint without a subscription sends the
+    default shape, keyed by the primary key: dropping that key is refused too."""
+    make_table(db, name)
+    endpoint(db, name, receiver.url(f"/ok/{name}"))
+    db.execute(f"CREATE TRIGGER by_hand AFTER INSERT OR UPDATE OR DELETE ON {name}"
+               f" FOR EACH ROW EXECUTE FUNCTION webhook.capture('{name}')")
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist, match='would break trigger "by_hand"'):
+        db.execute(f"ALTER TABLE {name} DROP CONSTRAINT {name}_pkey")
+    db.execute(f"INSERT INTO {name} VALUES (1, 'a')")
+    assert len(queued(db, name)) == 1
+    # With a subscription naming other lookup columns, the key may go.
+    db.execute("SELECT webhook.watch(%s, %s, lookup => '{v}')", (name, name))
+    db.execute(f"ALTER TABLE {name} DROP CONSTRAINT {name}_pkey")
+    db.execute(f"DELETE FROM {name}")
+    assert queued(db, name)[-1][1]["data"] == {"v": "a"}
