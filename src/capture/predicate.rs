@@ -163,23 +163,79 @@ unsafe fn analyse_raw(
     }
     // Compile it once now, as the caller: constant folding errors (1/0) show here rather than
     // at the first write, and ExecInitExpr checks the caller may execute every function in it.
-    super::as_user(caller, || {
+    let planned_text = super::as_user(caller, || {
         let scratch = Memory::new(c"webhook predicate check");
         scratch.run(|| {
             // SAFETY: plans and compiles a copy of the analysed expression in `scratch`,
-            // which is deleted when it goes out of scope.
+            // which is deleted when it goes out of scope; the text is copied out first.
             unsafe {
                 let copy = pg_sys::copyObjectImpl(expr.cast()).cast::<pg_sys::Expr>();
                 let planned = pg_sys::expression_planner(copy);
                 pg_sys::ExecInitExpr(planned, std::ptr::null_mut());
+                CStr::from_ptr(pg_sys::nodeToString(planned.cast()))
+                    .to_string_lossy()
+                    .into_owned()
             }
-        });
+        })
     });
+    // SAFETY: a catalog look-up of the caller's role.
+    if !unsafe { pg_sys::superuser_arg(caller) } {
+        refuse_untrusted_code(text, &planned_text)?;
+    }
     // SAFETY: nodeToString of an analysed expression; the text is palloc'd and NUL-terminated.
     let node = unsafe { CStr::from_ptr(pg_sys::nodeToString(expr.cast())) }
         .to_string_lossy()
         .into_owned();
     Ok(Analysed { node, columns })
+}
+
+/// The predicate runs as the extension owner, so code that a non-superuser could have written
+/// must not run in it: every function it calls (after SQL functions are inlined) and every
+/// domain it coerces to (a domain's CHECK runs code) must belong to a superuser. Built-ins do.
+/// Found in the planned expression's node text, where each appears as `:<...>funcid N` or
+/// `:<...>type N`.
+fn refuse_untrusted_code(text: &str, planned: &str) -> Result<()> {
+    let tokens: Vec<&str> = planned
+        .split(|c: char| c.is_whitespace() || c == '{' || c == '}' || c == '(' || c == ')')
+        .filter(|t| !t.is_empty())
+        .collect();
+    let (mut functions, mut types): (Vec<pg_sys::Oid>, Vec<pg_sys::Oid>) = (vec![], vec![]);
+    for pair in tokens.windows(2) {
+        let Ok(oid) = pair[1].parse::<u32>() else {
+            continue;
+        };
+        if oid == 0 {
+            continue;
+        }
+        if pair[0].starts_with(':') && pair[0].ends_with("funcid") {
+            functions.push(pg_sys::Oid::from(oid));
+        } else if pair[0].starts_with(':') && pair[0].ends_with("type") {
+            types.push(pg_sys::Oid::from(oid));
+        }
+    }
+    let untrusted: Vec<String> = Spi::connect(|c| -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for row in c.select(
+            "SELECT 'function ' || p.oid::pg_catalog.regprocedure::pg_catalog.text AS what
+             FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+             WHERE p.oid = ANY ($1) AND NOT r.rolsuper
+             UNION ALL
+             SELECT 'domain ' || t.oid::pg_catalog.regtype::pg_catalog.text
+             FROM pg_catalog.pg_type t JOIN pg_catalog.pg_roles r ON r.oid = t.typowner
+             WHERE t.oid = ANY ($2) AND t.typtype = 'd' AND NOT r.rolsuper",
+            None,
+            &[functions.into(), types.into()],
+        )? {
+            names.extend(row.get_by_name::<String, _>("what")?);
+        }
+        Ok(names)
+    })?;
+    match untrusted.first() {
+        None => Ok(()),
+        Some(what) => Err(WebhookError::PermissionDenied(format!(
+            "predicate \"{text}\" uses {what}, which a role other than a superuser owns; a predicate runs as the extension owner, so only a superuser may watch with it"
+        ))),
+    }
 }
 
 /// A stored predicate, compiled for one table's current row shape.

@@ -134,8 +134,8 @@ CROSS JOIN LATERAL (
 ) d
 WHERE e.enabled";
 
-const READY_SQL: &str =
-    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'webhook')";
+const VERSION_SQL: &str =
+    "SELECT extversion::text FROM pg_catalog.pg_extension WHERE extname = 'webhook'";
 
 // Oldest first through delivery_delivered (the only index in that order).
 static RETENTION_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -240,9 +240,13 @@ fn statements() -> Result<Rc<Statements>> {
     Ok(prepared)
 }
 
-/// Is the extension created in this database?
-pub fn ready() -> Result<bool> {
-    Ok(Spi::get_one::<bool>(READY_SQL)?.unwrap_or(false))
+/// The installed schema's version, if the extension is created in this database.
+pub fn schema_version() -> Result<Option<String>> {
+    Ok(Spi::connect(|c| {
+        c.select(VERSION_SQL, None, &[])?
+            .first()
+            .get_one::<String>()
+    })?)
 }
 
 /// How many requests each endpoint may have in flight, and how many it has.

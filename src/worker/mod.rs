@@ -151,6 +151,8 @@ struct Loop {
     in_flight: HashMap<i64, usize>,
     /// Whether the extension exists in this database yet.
     ready: bool,
+    /// The older schema version last warned about.
+    warned_version: Option<String>,
     last_retention: Option<Instant>,
     cursors: claim::Cursors,
     last_rescan: Instant,
@@ -165,10 +167,31 @@ impl Loop {
             policy,
             in_flight: HashMap::new(),
             ready: false,
+            warned_version: None,
             last_retention: None,
             cursors: claim::Cursors::default(),
             last_rescan: Instant::now(),
         }
+    }
+
+    /// The worker's statements are written for this library's schema: after a package upgrade
+    /// it waits, saying so once, until `ALTER EXTENSION webhook UPDATE` has run (capture keeps
+    /// queueing meanwhile, so nothing is lost).
+    fn schema_matches(&mut self, installed: Option<String>) -> bool {
+        let Some(installed) = installed else {
+            return false;
+        };
+        if installed == env!("CARGO_PKG_VERSION") {
+            return true;
+        }
+        if self.warned_version.as_deref() != Some(installed.as_str()) {
+            warning!(
+                "webhook: the extension's schema in this database is version {installed}, this library is {}; deliveries wait until ALTER EXTENSION webhook UPDATE is run",
+                env!("CARGO_PKG_VERSION")
+            );
+            self.warned_version = Some(installed);
+        }
+        false
     }
 
     fn total_in_flight(&self) -> usize {
@@ -189,7 +212,7 @@ impl Loop {
             self.last_retention = apply_retention().then(Instant::now);
         }
         if !self.ready {
-            self.ready = step(claim::ready);
+            self.ready = self.schema_matches(step(claim::schema_version));
         }
     }
 

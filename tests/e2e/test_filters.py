@@ -243,3 +243,31 @@ def test_a_hand_attached_trigger_keeps_its_primary_key(db, receiver, name):
     db.execute(f"ALTER TABLE {name} DROP CONSTRAINT {name}_pkey")
     db.execute(f"DELETE FROM {name}")
     assert queued(db, name)[-1][1]["data"] == {"v": "a"}
+
+
+def test_a_predicate_cannot_run_code_of_a_non_superuser_as_the_owner(cluster, db, receiver, name):
+    """Predicates run as the extension owner: a delegated admin (webhook_admin, not a superuser)
+    may use built-in functions, but not a function or domain it owns."""
+    admin = f"{name}_admin"
+    make_table(db, name, "id int PRIMARY KEY, v text")
+    endpoint(db, name, receiver.url(f"/ok/{name}"))
+    db.execute(f"CREATE ROLE {admin} LOGIN IN ROLE webhook_admin")
+    db.execute(f"GRANT SELECT, TRIGGER ON {name} TO {admin}")
+    db.execute(f"GRANT CREATE ON SCHEMA public TO {admin}")
+    with cluster.connect(user=admin) as a:
+        a.execute(f"CREATE FUNCTION public.{name}_mine(text) RETURNS boolean STABLE LANGUAGE plpgsql"
+                  " AS $$ BEGIN RETURN true; END $$")
+        a.execute(f"CREATE DOMAIN public.{name}_dom AS text CHECK (VALUE <> '')")
+        for predicate, what in ((f"public.{name}_mine(v)", f"function {name}_mine(text)"),
+                                (f"v::public.{name}_dom IS NOT NULL", f"domain {name}_dom")):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+                a.execute("SELECT webhook.watch(%s, %s, predicate => %s)", (name, name, predicate))
+            assert what in str(e.value), str(e.value)
+        a.execute("SELECT webhook.watch(%s, %s, predicate => %s)", (name, name, "upper(v) LIKE 'A%'"))
+    db.execute(f"INSERT INTO {name} VALUES (1, 'abc'), (2, 'xyz')")
+    assert [p["data"]["id"] for _, p in queued(db, name)] == [1]
+    db.execute(f"DROP TABLE {name}")
+    db.execute(f"DROP FUNCTION public.{name}_mine(text)")
+    db.execute(f"DROP DOMAIN public.{name}_dom")
+    db.execute(f"REVOKE CREATE ON SCHEMA public FROM {admin}")
+    db.execute(f"DROP ROLE {admin}")

@@ -248,6 +248,9 @@ def test_upgrade_keeps_the_queue_and_gives_the_fresh_schema(old_version, old_clu
             db.execute("SELECT webhook.watch('items', 'upgrade', predicate => 'id > 0')")
 
         assert receiver.received(path) == []  # disabled: nothing sent yet
+        # The worker, built for the new schema, waits for the update and says so.
+        wait_until(lambda: f"schema in this database is version {OLD_VERSION}" in old_cluster.log_text(),
+                   timeout=15, what="the worker's warning about the old schema")
 
         db.execute(UPDATE_SQL)
         assert extversion(db) == new_version
