@@ -242,11 +242,13 @@ fn statements() -> Result<Rc<Statements>> {
 
 /// The installed schema's version, if the extension is created in this database.
 pub fn schema_version() -> Result<Option<String>> {
-    Ok(Spi::connect(|c| {
-        c.select(VERSION_SQL, None, &[])?
-            .first()
-            .get_one::<String>()
-    })?)
+    Spi::connect(|c| {
+        let rows = c.select(VERSION_SQL, None, &[])?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(rows.first().get_one::<String>()?)
+    })
 }
 
 /// How many requests each endpoint may have in flight, and how many it has.

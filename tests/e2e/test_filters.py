@@ -258,8 +258,8 @@ def test_a_predicate_cannot_run_code_of_a_non_superuser_as_the_owner(cluster, db
         a.execute(f"CREATE FUNCTION public.{name}_mine(text) RETURNS boolean STABLE LANGUAGE plpgsql"
                   " AS $$ BEGIN RETURN true; END $$")
         a.execute(f"CREATE DOMAIN public.{name}_dom AS text CHECK (VALUE <> '')")
-        for predicate, what in ((f"public.{name}_mine(v)", f"function {name}_mine(text)"),
-                                (f"v::public.{name}_dom IS NOT NULL", f"domain {name}_dom")):
+        for predicate, what in ((f"public.{name}_mine(v)", f"function public.{name}_mine(text)"),
+                                (f"v::public.{name}_dom IS NOT NULL", f"domain public.{name}_dom")):
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
                 a.execute("SELECT webhook.watch(%s, %s, predicate => %s)", (name, name, predicate))
             assert what in str(e.value), str(e.value)

@@ -77,7 +77,7 @@ def worker_pid(db):
 def test_reload_applies_settings_and_sigterm_stops_cleanly(own_cluster):
     cluster, receiver = own_cluster
     with cluster.connect() as db:
-        assert worker_pid(db) is not None
+        wait_until(lambda: worker_pid(db) is not None, what="the worker to start")
         cluster.set("webhook.timeout", "500ms")
         make_table(db, "slow")
         endpoint(db, "slow", receiver.url("/sleep/2/slow"))
