@@ -32,3 +32,48 @@ CROSS JOIN LATERAL (SELECT max(p.expires_at) AS until FROM webhook.previous_secr
                     WHERE p.endpoint_id = e.id AND p.expires_at > now()) p;
 REVOKE ALL ON webhook.endpoints FROM PUBLIC;
 GRANT SELECT ON webhook.endpoints TO webhook_admin;
+
+-- create_endpoint takes a secret, rotate_secret too, drop_endpoint force. New argument lists
+-- are new functions: the old ones go. Their C symbols are new as well (..._0_3_wrapper); the
+-- library keeps the old symbols for the old definitions, which a server runs between
+-- installing this build and ALTER EXTENSION webhook UPDATE.
+DROP FUNCTION webhook.create_endpoint(text, text, text, jsonb, text, text);
+CREATE FUNCTION webhook.create_endpoint(
+	"name" TEXT,
+	"url" TEXT,
+	"method" TEXT DEFAULT 'POST',
+	"headers" jsonb DEFAULT '{}',
+	"description" TEXT DEFAULT NULL,
+	"format" TEXT DEFAULT 'rownd',
+	"secret" TEXT DEFAULT NULL
+) RETURNS TEXT
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'create_endpoint_0_3_wrapper';
+REVOKE ALL ON FUNCTION webhook.create_endpoint(text, text, text, jsonb, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook.create_endpoint(text, text, text, jsonb, text, text, text) TO webhook_admin;
+
+DROP FUNCTION webhook.rotate_secret(text);
+CREATE FUNCTION webhook.rotate_secret(
+	"name" TEXT,
+	"secret" TEXT DEFAULT NULL
+) RETURNS TEXT
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'rotate_secret_0_3_wrapper';
+REVOKE ALL ON FUNCTION webhook.rotate_secret(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook.rotate_secret(text, text) TO webhook_admin;
+
+DROP FUNCTION webhook.drop_endpoint(text);
+CREATE FUNCTION webhook.drop_endpoint(
+	"name" TEXT,
+	"force" bool DEFAULT false
+) RETURNS void
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'drop_endpoint_0_3_wrapper';
+REVOKE ALL ON FUNCTION webhook.drop_endpoint(text, bool) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook.drop_endpoint(text, bool) TO webhook_admin;

@@ -1,7 +1,7 @@
 //! Destinations: create, alter, rotate their secret, drop, send a test request.
 
 use super::subscriptions::{require_trigger_right, sync_trigger, watched_tables};
-use super::{endpoint_id, first_value, invalidate_capture_plans, required};
+use super::{endpoint_id, first_value, invalidate_capture_plans, require_current_schema, required};
 use crate::delivery;
 use crate::endpoint::{self, Format};
 use crate::error::{not_null, OrRaise, Result, WebhookError};
@@ -25,10 +25,11 @@ fn invalidate_endpoint_caches(client: &SpiClient) -> Result<()> {
     Ok(())
 }
 
-/// Register a destination; returns its signing secret, which is shown only this once.
-#[pg_extern(security_definer, volatile)]
+/// Register a destination; returns its signing secret (the one given, or a new one), which is
+/// shown only this once. (The C symbol is versioned: see `create_endpoint` below.)
+#[pg_extern(name = "create_endpoint", security_definer, volatile)]
 #[search_path(pg_catalog, pg_temp)]
-fn create_endpoint(
+fn create_endpoint_0_3(
     name: Option<&str>,
     url: Option<&str>,
     method: default!(Option<&str>, "'POST'"),
@@ -74,6 +75,20 @@ fn create_endpoint(
         Ok(secret)
     };
     run().or_raise()
+}
+
+/// The 0.1.0 and 0.2.0 definition of create_endpoint (no `secret`) calls this symbol until
+/// `ALTER EXTENSION webhook UPDATE` replaces it: a new library must serve the old SQL too.
+#[pg_extern(sql = false)]
+fn create_endpoint(
+    name: Option<&str>,
+    url: Option<&str>,
+    method: Option<&str>,
+    headers: Option<JsonB>,
+    description: Option<&str>,
+    format: Option<&str>,
+) -> String {
+    create_endpoint_0_3(name, url, method, headers, description, format, None)
 }
 
 /// Change an endpoint's settings; NULL leaves a setting as it is.
@@ -128,9 +143,9 @@ fn alter_endpoint(
 
 /// Replace an endpoint's secret with the one given or a new one; the one it replaces keeps
 /// signing for webhook.rotation_overlap, and so does every earlier one still inside its own.
-#[pg_extern(security_definer, volatile)]
+#[pg_extern(name = "rotate_secret", security_definer, volatile)]
 #[search_path(pg_catalog, pg_temp)]
-fn rotate_secret(name: Option<&str>, secret: default!(Option<&str>, "NULL")) -> String {
+fn rotate_secret_0_3(name: Option<&str>, secret: default!(Option<&str>, "NULL")) -> String {
     let _hidden = secret.map(|_| statement_hidden_from_log());
     let run = || -> Result<String> {
         let name = required(name, "name")?;
@@ -178,6 +193,34 @@ fn rotate_secret(name: Option<&str>, secret: default!(Option<&str>, "NULL")) -> 
                 "UPDATE webhook.endpoint SET secret = $2 WHERE id = $1",
                 None,
                 &[id.into(), secret.as_str().into()],
+            )?;
+            Ok(())
+        })?;
+        Ok(secret)
+    };
+    run().or_raise()
+}
+
+/// rotate_secret(name) of 0.1.0 and 0.2.0, until `ALTER EXTENSION webhook UPDATE`. Only their
+/// definition calls this symbol, so the schema is theirs: one previous secret, in
+/// webhook.endpoint (the upgrade carries it over).
+#[pg_extern(sql = false)]
+fn rotate_secret(name: Option<&str>) -> String {
+    let run = || -> Result<String> {
+        let name = required(name, "name")?;
+        let secret = sign::new_secret();
+        Spi::connect_mut(|client| -> Result<()> {
+            let id = endpoint_id(client, name)?;
+            client.update(
+                "UPDATE webhook.endpoint SET previous_secret = secret, secret = $2,
+                        previous_secret_expires_at = now() + $3 * interval '1 second'
+                 WHERE id = $1",
+                None,
+                &[
+                    id.into(),
+                    secret.as_str().into(),
+                    guc::rotation_overlap_secs().into(),
+                ],
             )?;
             Ok(())
         })?;
@@ -357,9 +400,9 @@ fn remove_from_triggers(
 /// Remove an endpoint, its subscriptions (and capture triggers) and its queued deliveries.
 /// Capture triggers attached by hand that name it make this an error, unless `force`, which
 /// removes its name from them.
-#[pg_extern(security_definer, volatile)]
+#[pg_extern(name = "drop_endpoint", security_definer, volatile)]
 #[search_path(pg_catalog, pg_temp)]
-fn drop_endpoint(name: Option<&str>, force: default!(Option<bool>, "false")) {
+fn drop_endpoint_0_3(name: Option<&str>, force: default!(Option<bool>, "false")) {
     let run = || -> Result<()> {
         let name = required(name, "name")?;
         let force = required(force, "force")?;
@@ -404,6 +447,13 @@ fn drop_endpoint(name: Option<&str>, force: default!(Option<bool>, "false")) {
     run().or_raise()
 }
 
+/// drop_endpoint(name) of 0.1.0 and 0.2.0, until `ALTER EXTENSION webhook UPDATE`: it refuses
+/// as the new one does without `force`.
+#[pg_extern(sql = false)]
+fn drop_endpoint(name: Option<&str>) {
+    drop_endpoint_0_3(name, Some(false))
+}
+
 /// Send a signed sample payload now and report what happened (nothing is queued).
 #[pg_extern(security_definer, volatile)]
 #[search_path(pg_catalog, pg_temp)]
@@ -420,6 +470,7 @@ fn test_endpoint(
     let run = || -> Result<(Destination, Format)> {
         let name = required(name, "name")?;
         Spi::connect(|client| -> Result<(Destination, Format)> {
+            require_current_schema(client)?;
             let id = endpoint_id(client, name)?;
             let row = client
                 .select(
