@@ -1,10 +1,14 @@
 -- webhook: views and privileges. Runs last in CREATE EXTENSION webhook.
 
--- Endpoints without their secrets.
+-- Endpoints without their secrets. rotation_overlap: some rotated-out secret still signs, until
+-- rotation_overlap_until (the last of them expires then).
+-- (The same definition is in webhook--0.2.0--0.3.0.sql.)
 CREATE VIEW webhook.endpoints AS
 SELECT e.name, e.url, e.method, e.headers, e.description, e.format, e.enabled,
-       e.previous_secret_expires_at > now() AS rotation_overlap, e.created_at
-FROM webhook.endpoint e;
+       p.until IS NOT NULL AS rotation_overlap, p.until AS rotation_overlap_until, e.created_at
+FROM webhook.endpoint e
+CROSS JOIN LATERAL (SELECT max(p.expires_at) AS until FROM webhook.previous_secret p
+                    WHERE p.endpoint_id = e.id AND p.expires_at > now()) p;
 
 -- name: the subscription's name, by default schema.table from the catalog names, unquoted
 -- (Sales.My Orders), the text payloads send as meta.table and census model_name. Catalog names

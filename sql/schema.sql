@@ -4,7 +4,8 @@
 -- rows) and the delivery worker (which only claims, sends and records). Nothing here is granted
 -- to PUBLIC: endpoints hold secrets, deliveries hold row data.
 
--- Destinations. secret is shown once by create_endpoint/rotate_secret and never again.
+-- Destinations. secret (the current one) is shown once by create_endpoint/rotate_secret and
+-- never again; the secrets it replaced are in webhook.previous_secret while they still sign.
 CREATE TABLE webhook.endpoint (
     id                         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name                       text NOT NULL UNIQUE,
@@ -15,12 +16,22 @@ CREATE TABLE webhook.endpoint (
     format                     text NOT NULL DEFAULT 'rownd' CHECK (format IN ('rownd', 'census')),
     enabled                    boolean NOT NULL DEFAULT true,
     secret                     text NOT NULL,
-    previous_secret            text,
-    previous_secret_expires_at timestamptz,
     consecutive_failures       integer NOT NULL DEFAULT 0,
     last_success_at            timestamptz,
     last_failure_at            timestamptz,
     created_at                 timestamptz NOT NULL DEFAULT now()
+);
+
+-- Secrets rotated out that keep signing until expires_at (webhook.rotation_overlap after the
+-- rotation that retired each): webhook-signature carries one entry per live secret, the
+-- current one first, then these, last retired first. Rows past expires_at never sign;
+-- rotate_secret deletes them.
+CREATE TABLE webhook.previous_secret (
+    endpoint_id bigint NOT NULL REFERENCES webhook.endpoint (id) ON DELETE CASCADE,
+    secret      text NOT NULL,
+    retired_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    expires_at  timestamptz NOT NULL,
+    PRIMARY KEY (endpoint_id, secret)
 );
 
 -- What one endpoint receives from one table, and in which shape.
@@ -94,6 +105,7 @@ CREATE TABLE webhook.attempt (
 
 -- pg_dump keeps configuration and queue.
 SELECT pg_catalog.pg_extension_config_dump('webhook.endpoint', '');
+SELECT pg_catalog.pg_extension_config_dump('webhook.previous_secret', '');
 SELECT pg_catalog.pg_extension_config_dump('webhook.subscription', '');
 SELECT pg_catalog.pg_extension_config_dump('webhook.delivery', '');
 SELECT pg_catalog.pg_extension_config_dump('webhook.attempt', '');

@@ -31,6 +31,17 @@ pub enum WebhookError {
     NoKey(String),
     #[error("table {table} is not watched by endpoint \"{endpoint}\"")]
     NotWatched { table: String, endpoint: String },
+    #[error(
+        "cannot drop endpoint \"{endpoint}\": {} attached by hand name{} it: {}",
+        if triggers.len() == 1 { "a capture trigger" } else { "capture triggers" },
+        if triggers.len() == 1 { "s" } else { "" },
+        triggers.join(", ")
+    )]
+    NamedByTriggers {
+        endpoint: String,
+        /// `trigger "name" on schema.table`, each.
+        triggers: Vec<String>,
+    },
     #[error("delivery {0} does not exist")]
     UnknownDelivery(i64),
     #[error("{0}")]
@@ -70,6 +81,7 @@ impl WebhookError {
             | WebhookError::NotWatched { .. }
             | WebhookError::UnknownDelivery(_) => ERRCODE_UNDEFINED_OBJECT,
             WebhookError::DuplicateEndpoint(_) => ERRCODE_DUPLICATE_OBJECT,
+            WebhookError::NamedByTriggers { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             WebhookError::InvalidValue(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             WebhookError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             WebhookError::UnknownColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
@@ -82,9 +94,26 @@ impl WebhookError {
         }
     }
 
+    /// What the caller can do about it, where there is more to say than the message does.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            WebhookError::NamedByTriggers { endpoint, .. } => Some(format!(
+                "Remove the endpoint's name from those triggers (or drop them) first, or call \
+                 webhook.drop_endpoint('{}', force => true) to have its name removed from \
+                 them; a trigger left naming no endpoint is dropped.",
+                endpoint.replace('\'', "''")
+            )),
+            _ => None,
+        }
+    }
+
     /// Raise as a PostgreSQL `ERROR`; never returns.
     pub fn raise(self) -> ! {
-        ErrorReport::new(self.sqlstate(), self.to_string(), "webhook").report(PgLogLevel::ERROR);
+        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "webhook");
+        if let Some(hint) = self.hint() {
+            report = report.set_hint(hint);
+        }
+        report.report(PgLogLevel::ERROR);
         unreachable!("ERROR does not return")
     }
 }

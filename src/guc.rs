@@ -130,8 +130,8 @@ pub fn register(preloading: bool) {
     );
     GucRegistry::define_int_guc(
         c"webhook.rotation_overlap",
-        c"How long the previous secret keeps signing after rotate_secret.",
-        c"",
+        c"How long a secret replaced by rotate_secret keeps signing.",
+        c"Each replaced secret signs until its own expiry, fixed when it was replaced; 0 stops it at once.",
         &ROTATION_OVERLAP_S,
         0,
         30 * 86_400,

@@ -221,9 +221,12 @@ pub fn spawn_without_signals<T: Send + 'static>(
 }
 
 /// The endpoint columns a destination is made of, for `SELECT {DESTINATION_COLUMNS} FROM
-/// webhook.endpoint ...`; `Destination::from_row` reads them by name.
+/// webhook.endpoint ...`; `Destination::from_row` reads them by name. `previous_secrets`: the
+/// rotated-out secrets still inside their overlap, last retired first.
 pub const DESTINATION_COLUMNS: &str = "id, url, method, headers, secret,
-       CASE WHEN previous_secret_expires_at > now() THEN previous_secret END AS previous_secret";
+       ARRAY(SELECT p.secret FROM webhook.previous_secret p
+             WHERE p.endpoint_id = endpoint.id AND p.expires_at > now()
+             ORDER BY p.retired_at DESC) AS previous_secrets";
 
 impl Destination {
     /// The destination an endpoint row describes (a row selected with DESTINATION_COLUMNS).
@@ -236,18 +239,41 @@ impl Destination {
             .into_iter()
             .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
             .collect();
+        let current: String = not_null(row, "secret")?;
+        let previous: Vec<Option<String>> =
+            row.get_by_name("previous_secrets")?.unwrap_or_default();
         Ok(Destination {
             endpoint_id: not_null(row, "id")?,
             url: not_null(row, "url")?,
             method: not_null(row, "method")?,
             headers,
-            secrets: [
-                row.get_by_name::<String, _>("secret")?,
-                row.get_by_name("previous_secret")?,
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
+            secrets: live_secrets(current, previous.into_iter().flatten()),
         })
+    }
+}
+
+/// The secrets that sign, newest first, each once.
+fn live_secrets(current: String, previous: impl Iterator<Item = String>) -> Vec<String> {
+    let mut secrets = vec![current];
+    for secret in previous {
+        if !secrets.contains(&secret) {
+            secrets.push(secret);
+        }
+    }
+    secrets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_secrets_are_newest_first_without_repeats() {
+        let s = |v: &str| v.to_string();
+        assert_eq!(live_secrets(s("c"), std::iter::empty()), [s("c")]);
+        assert_eq!(
+            live_secrets(s("c"), [s("b"), s("a"), s("c"), s("b")].into_iter()),
+            [s("c"), s("b"), s("a")]
+        );
     }
 }

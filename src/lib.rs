@@ -8,7 +8,8 @@
 //! - `worker`: the background worker: claims, sender pool, outcome recording.
 //! - `http`: the one HTTP client, used by the worker and by `test_endpoint`.
 //! - Pure modules with unit tests: `endpoint` and `subscription` (validated options), `sign`,
-//!   `schedule`, `network`, `delivery` (the queue's states); leaves: `guc`, `error`, `shmem`.
+//!   `schedule`, `network`, `delivery` (the queue's states); leaves: `guc`, `error`, `shmem`,
+//!   `log` (keeps secrets out of the server log).
 
 mod api;
 mod capture;
@@ -17,6 +18,7 @@ mod endpoint;
 mod error;
 mod guc;
 mod http;
+mod log;
 mod network;
 mod schedule;
 mod shmem;
@@ -39,6 +41,7 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: a plain read of a flag PostgreSQL sets before loading preloaded libraries.
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     guc::register(preloading);
+    log::register();
     if preloading {
         shmem::init();
         worker::register();

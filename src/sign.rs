@@ -6,13 +6,56 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::error::{Result, WebhookError};
+
 const SECRET_PREFIX: &str = "whsec_";
+
+/// A secret an operator brings must hold at least this many key bytes (SPEC §3)...
+pub const MIN_SECRET_BYTES: usize = 24;
+/// ...and at most this many: HMAC-SHA256 hashes longer keys down anyway.
+pub const MAX_SECRET_BYTES: usize = 256;
 
 /// A new endpoint secret: `whsec_` + base64 of 32 bytes from the OS CSPRNG.
 pub fn new_secret() -> String {
     let mut key = [0u8; 32];
     getrandom::fill(&mut key).expect("the operating system's random source failed");
     format!("{SECRET_PREFIX}{}", STANDARD.encode(key))
+}
+
+/// Check a secret an operator brings: `whsec_` + standard base64 (with padding) of 24 to 256
+/// bytes. The error names the rule and what was wrong, never the secret itself: it may be a
+/// real secret with a typo, and errors reach clients and logs.
+pub fn validate_secret(secret: &str) -> Result<String> {
+    let rule = format!(
+        "secrets are \"{SECRET_PREFIX}\" followed by the standard base64 (with = padding) of \
+         {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} random bytes"
+    );
+    let bad = |why: String| WebhookError::invalid(format!("invalid secret: {why}; {rule}"));
+    let Some(encoded) = secret.strip_prefix(SECRET_PREFIX) else {
+        return Err(bad(format!("it does not start with \"{SECRET_PREFIX}\"")));
+    };
+    let key = STANDARD.decode(encoded).map_err(|e| {
+        bad(match e {
+            base64::DecodeError::InvalidByte(at, b'=') => format!(
+                "character {} after \"{SECRET_PREFIX}\" is = padding where none belongs",
+                at + 1
+            ),
+            base64::DecodeError::InvalidByte(at, _) => format!(
+                "character {} after \"{SECRET_PREFIX}\" is not standard base64 (A-Z a-z 0-9 + / and = padding)",
+                at + 1
+            ),
+            base64::DecodeError::InvalidLength(_) | base64::DecodeError::InvalidPadding => {
+                format!("the part after \"{SECRET_PREFIX}\" is not padded base64 (its length must be a multiple of 4)")
+            }
+            base64::DecodeError::InvalidLastSymbol(..) => format!(
+                "the part after \"{SECRET_PREFIX}\" is not canonical base64 (its last character has bits set that no byte uses)"
+            ),
+        })
+    })?;
+    if key.len() < MIN_SECRET_BYTES || key.len() > MAX_SECRET_BYTES {
+        return Err(bad(format!("it decodes to {} bytes", key.len())));
+    }
+    Ok(secret.to_string())
 }
 
 fn hmac_base64(key: &[u8], parts: &[&[u8]]) -> String {
@@ -88,6 +131,50 @@ mod tests {
         let one_a = standard_signature(&[a], "1", 5, b"x");
         let one_b = standard_signature(&[b], "1", 5, b"x");
         assert_eq!(both, format!("{one_a} {one_b}"));
+    }
+
+    #[test]
+    fn brought_secrets_are_checked_without_echoing_them() {
+        let key = |n: usize| format!("whsec_{}", STANDARD.encode(vec![0xA5u8; n]));
+        for ok in [
+            key(24),
+            key(32),
+            key(256),
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
+        ] {
+            assert_eq!(validate_secret(&ok).unwrap(), ok);
+        }
+        let b64 = STANDARD.encode([0x5Au8; 32]);
+        for (bad, why) in [
+            (key(23), "decodes to 23 bytes"),
+            (key(257), "decodes to 257 bytes"),
+            (b64.clone(), "does not start with \"whsec_\""),
+            (format!("WHSEC_{b64}"), "does not start with \"whsec_\""),
+            (
+                format!("whsec_{}", b64.trim_end_matches('=')),
+                "not padded base64",
+            ),
+            (format!("whsec_-{}", &b64[1..]), "not standard base64"),
+            (format!("whsec_ {b64}"), "character 1 after"),
+            (format!("whsec_{b64}\n"), "not"),
+            (format!("whsec_{b64}=="), "padding where none belongs"),
+            ("whsec_".to_string(), "decodes to 0 bytes"),
+            (String::new(), "does not start"),
+        ] {
+            let err = validate_secret(&bad).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(why), "{bad:?}: {msg}");
+            assert!(msg.contains("24 to 256"), "{msg}");
+            assert_eq!(
+                err.sqlstate(),
+                pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
+            );
+            let body = bad.trim_start_matches("whsec_").trim();
+            assert!(
+                body.len() < 4 || !msg.contains(body),
+                "secret echoed: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -51,6 +51,25 @@ fn endpoint_id(client: &SpiClient, name: &str) -> Result<i64> {
     .ok_or_else(|| WebhookError::UnknownEndpoint(name.to_string()))
 }
 
+/// Functions whose SQL definition did not change between versions run on a new library before
+/// `ALTER EXTENSION webhook UPDATE`; those that read what the update adds say so instead of
+/// failing on a missing table.
+fn require_current_schema(client: &SpiClient) -> Result<()> {
+    let installed: Option<String> = first_value(client.select(
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'webhook'",
+        None,
+        &[],
+    )?)?;
+    let library = env!("CARGO_PKG_VERSION");
+    match installed {
+        Some(v) if v == library => Ok(()),
+        other => Err(WebhookError::WrongState(format!(
+            "the webhook extension in this database is version {}, its library is version {library}: run ALTER EXTENSION webhook UPDATE",
+            other.unwrap_or_else(|| "(none)".into())
+        ))),
+    }
+}
+
 /// Capture plans are cached per backend; make every backend rebuild this table's.
 fn invalidate_capture_plans(relid: pg_sys::Oid) {
     // SAFETY: called inside the API function's transaction, which the invalidation is queued

@@ -25,16 +25,32 @@ pub(super) fn watched_tables(client: &SpiClient, endpoint_id: i64) -> Result<Vec
 /// The functions run as the extension owner; a caller may still only watch tables it could read
 /// and attach triggers to itself.
 fn require_table_rights(relid: pg_sys::Oid, table: &str) -> Result<()> {
+    require_rights(
+        relid,
+        &[pg_sys::ACL_SELECT, pg_sys::ACL_TRIGGER],
+        &format!("permission denied for table {table}: watch and unwatch need the SELECT and TRIGGER privileges on it"),
+    )
+}
+
+/// `drop_endpoint(..., force => true)` rewrites triggers attached by hand: only on tables the
+/// caller could attach triggers to itself.
+pub(super) fn require_trigger_right(relid: pg_sys::Oid, table: &str) -> Result<()> {
+    require_rights(
+        relid,
+        &[pg_sys::ACL_TRIGGER],
+        &format!("permission denied for table {table}: removing an endpoint from its triggers needs the TRIGGER privilege on it"),
+    )
+}
+
+fn require_rights(relid: pg_sys::Oid, modes: &[u32], denied: &str) -> Result<()> {
     // SAFETY: reads the session's outer user id, a plain global set at connection time.
     let caller = unsafe { pg_sys::GetOuterUserId() };
-    for mode in [pg_sys::ACL_SELECT, pg_sys::ACL_TRIGGER] {
+    for &mode in modes {
         // SAFETY: an ACL check of a relation the caller named as a regclass; an OID that no
         // longer exists makes PostgreSQL raise an ordinary ERROR.
         let verdict = unsafe { pg_sys::pg_class_aclcheck(relid, caller, mode as pg_sys::AclMode) };
         if verdict != pg_sys::AclResult::ACLCHECK_OK {
-            return Err(WebhookError::PermissionDenied(format!(
-                "permission denied for table {table}: watch and unwatch need the SELECT and TRIGGER privileges on it"
-            )));
+            return Err(WebhookError::PermissionDenied(denied.to_string()));
         }
     }
     Ok(())

@@ -4,14 +4,16 @@ import datetime
 import hashlib
 import hmac
 import json
+import os
 import re
 import socket
 import subprocess
 import time
 
 import psycopg
+import psycopg.sql
 import pytest
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from conftest import (RETRY_DELAYS, RETRY_DELAYS_MS, WAKE_DEADLINE_S, assert_retry_gaps, endpoint, make_table,
                       one, wait_status, wait_until, wait_worker_idle)
@@ -492,6 +494,46 @@ def test_test_endpoint(db, receiver, name):
     assert status is None and "refused" in error.lower()
 
 
+def test_test_endpoint_sends_a_sample_in_the_endpoints_format(db, receiver, name):
+    """rownd endpoints get a rownd sample, census endpoints a census envelope (SPEC §2) whose data
+    is an array of one record; both signed like any delivery, with every live secret."""
+    rownd = endpoint(db, f"{name}_r", receiver.url(f"/ok/{name}/r"))
+    census = endpoint(db, f"{name}_c", receiver.url(f"/ok/{name}/c"), format="census")
+    for ep in (f"{name}_r", f"{name}_c"):
+        assert db.execute("SELECT status_code, error FROM webhook.test_endpoint(%s)", (ep,)).fetchone() == (200, None)
+    req = receiver.wait_for(1, f"/ok/{name}/r")[0]
+    assert verify(req, rownd) == (True, True)
+    body = req.json()
+    assert body["meta"].pop("id") == req.headers["webhook-id"]
+    occurred = datetime.datetime.fromisoformat(body["meta"].pop("occurred_at").replace("Z", "+00:00"))
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - occurred).total_seconds()) < 60
+    assert body == {"data": {"message": "webhook.test_endpoint sample"}, "redacted": [], "meta": {"operation": "test"}}
+
+    req = receiver.wait_for(1, f"/ok/{name}/c")[0]
+    assert verify(req, census) == (True, True)
+    pairs = json.loads(req.body, object_pairs_hook=lambda kv: kv)  # keys in the order sent
+    assert [k for k, _ in pairs] == ["api_version", "operation", "sync_run_at", "connection_name", "model_name",
+                                     "schema_name", "table_name", "sync_configuration_id",
+                                     "sync_configuration_name", "data"]
+    body = req.json()
+    sync = datetime.datetime.fromisoformat(body.pop("sync_run_at").replace("Z", "+00:00"))
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - sync).total_seconds()) < 60
+    assert body == {"api_version": 1, "operation": "changed", "connection_name": f"{name}_c",
+                    "model_name": "webhook.test_endpoint", "schema_name": "webhook", "table_name": "test_endpoint",
+                    "sync_configuration_id": None, "sync_configuration_name": None,
+                    "data": [{"message": "webhook.test_endpoint sample"}]}
+
+    # The sample follows the endpoint's current format, and carries every live secret's signature.
+    new = one(db, "SELECT webhook.rotate_secret(%s)", f"{name}_c")
+    db.execute("SELECT webhook.alter_endpoint(%s, format => 'rownd')", (f"{name}_c",))
+    assert db.execute("SELECT status_code FROM webhook.test_endpoint(%s)", (f"{name}_c",)).fetchone() == (200,)
+    req = receiver.wait_for(2, f"/ok/{name}/c")[1]
+    assert req.json()["meta"]["operation"] == "test"
+    assert verify(req, new) == (True, True)
+    Webhook(census).verify(req.body, req.headers)
+    assert len(req.headers["webhook-signature"].split(" ")) == 2
+
+
 def test_commit_wakes_the_worker_promptly(db, receiver, name):
     """From idle (sleeping on a 1 s poll), a commit gets its delivery out within 300 ms, five
     times over: a worker that ignored the commit's wake-up would wait for its poll."""
@@ -513,6 +555,119 @@ def test_secret_rotation_signs_with_both(db, receiver, name):
     assert verify(req, new) == (True, True)
     Webhook(old).verify(req.body, req.headers)  # the overlap keeps the old secret valid
     assert len(req.headers["webhook-signature"].split(" ")) == 2
+
+
+def standard_entry(secret, req):
+    """The webhook-signature entry `secret` gives for this request, computed with hmac by hand."""
+    key = base64.b64decode(secret[len("whsec_"):], validate=True)
+    signed = f"{req.headers['webhook-id']}.{req.headers['webhook-timestamp']}.".encode() + req.body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def test_rotations_within_the_overlap_keep_every_live_secret_until_its_own_expiry(db, receiver, name):
+    """a -> b with a 10 s overlap, then b -> c with a 5 s one: c, b, a sign (newest first); once
+    b's overlap ends, c and a (a's is longer); once a's ends, c alone. X-Signature: c only."""
+    a = watched(db, receiver, name)
+    db.execute("SET webhook.rotation_overlap = '10s'")
+    b = one(db, "SELECT webhook.rotate_secret(%s)", name)
+    db.execute("SET webhook.rotation_overlap = '5s'")
+    c = one(db, "SELECT webhook.rotate_secret(%s)", name)
+    db.execute("RESET webhook.rotation_overlap")
+    expires = dict(db.execute("SELECT p.secret, p.expires_at FROM webhook.previous_secret p"
+                              " JOIN webhook.endpoint e ON e.id = p.endpoint_id WHERE e.name = %s", (name,)).fetchall())
+    assert set(expires) == {a, b} and expires[b] < expires[a]
+    assert db.execute("SELECT rotation_overlap, rotation_overlap_until FROM webhook.endpoints WHERE name = %s",
+                      (name,)).fetchone() == (True, expires[a])
+
+    def send(row, live):
+        db.execute(f"INSERT INTO {name} VALUES (%s, 'x')", (row,))
+        req = receiver.wait_for(row, f"/ok/{name}")[row - 1]
+        assert req.json()["data"]["id"] == row
+        assert req.headers["webhook-signature"].split(" ") == [standard_entry(s, req) for s in live]
+        for secret in (a, b, c):
+            if secret in live:
+                Webhook(secret).verify(req.body, req.headers)
+            else:
+                with pytest.raises(WebhookVerificationError):
+                    Webhook(secret).verify(req.body, req.headers)
+        assert verify(req, c) == (True, True)
+        assert verify(req, live[-1])[0] == (live[-1] == c)  # X-Signature is the newest secret's alone
+
+    def past(moment):
+        wait_until(lambda: one(db, "SELECT now() > %s", moment), timeout=20, what=f"the clock to pass {moment}")
+
+    send(1, [c, b, a])
+    past(expires[b])
+    send(2, [c, a])
+    past(expires[a])
+    send(3, [c])
+    assert db.execute("SELECT rotation_overlap, rotation_overlap_until FROM webhook.endpoints WHERE name = %s",
+                      (name,)).fetchone() == (False, None)
+
+
+def test_operators_bring_their_own_secrets(db, receiver, name):
+    """create_endpoint and rotate_secret take a secret (whsec_ + base64 of at least 24 bytes)
+    and return it; it signs like a generated one."""
+    make_table(db, name)
+    mine = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+    assert endpoint(db, name, receiver.url(f"/ok/{name}"), secret=mine) == mine
+    db.execute("SELECT webhook.watch(%s, %s)", (name, name))
+    db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
+    req = receiver.wait_for(1, f"/ok/{name}")[0]
+    assert verify(req, mine) == (True, True)
+    assert req.headers["webhook-signature"] == standard_entry(mine, req)
+    theirs = "whsec_" + base64.b64encode(os.urandom(64)).decode()
+    assert one(db, "SELECT webhook.rotate_secret(%s, secret => %s)", name, theirs) == theirs
+    db.execute(f"INSERT INTO {name} VALUES (2, 'y')")
+    req = receiver.wait_for(2, f"/ok/{name}")[1]
+    assert verify(req, theirs) == (True, True)
+    assert req.headers["webhook-signature"].split(" ") == [standard_entry(theirs, req), standard_entry(mine, req)]
+    # Rotating to the current secret changes nothing and says so (without echoing it).
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        db.execute("SELECT webhook.rotate_secret(%s, secret => %s)", (name, theirs))
+    assert "current secret" in str(e.value) and theirs[6:] not in str(e.value)
+
+
+def test_secrets_stay_out_of_errors_and_the_server_log(cluster, db, name):
+    """A secret passed inline in the statement text: no error message, detail, hint or context
+    shows it, and the server log has the error but not the statement (log_min_error_statement
+    would log it). Errors of other statements, before and after, still log theirs."""
+    endpoint(db, name, "http://127.0.0.1:9/")
+    short = "whsec_" + base64.b64encode(os.urandom(16)).decode()
+    good = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    current = one(db, "SELECT secret FROM webhook.endpoint WHERE name = %s", name)
+    literal = psycopg.sql.Literal
+    calls = [  # (statement with the secret inline, SQLSTATE)
+        (psycopg.sql.SQL("SELECT webhook.create_endpoint({}, 'http://127.0.0.1:9/', secret => {})")
+         .format(literal(f"{name}_x"), literal(short)), "22023"),
+        (psycopg.sql.SQL("SELECT webhook.create_endpoint({}, 'http://127.0.0.1:9/', secret => {})")
+         .format(literal(name), literal(good)), "42710"),
+        (psycopg.sql.SQL("SELECT webhook.rotate_secret({}, secret => {})").format(literal(name), literal(short)),
+         "22023"),
+        (psycopg.sql.SQL("SELECT webhook.rotate_secret({}, {})").format(literal(name), literal(current)), "22023"),
+        (psycopg.sql.SQL("DO $$ BEGIN PERFORM webhook.rotate_secret({}, {}); END $$")
+         .format(literal(name), literal(short)), "22023"),
+    ]
+    marker = f"not_an_endpoint_{name}"
+    with pytest.raises(psycopg.errors.UndefinedObject):
+        db.execute(f"SELECT webhook.rotate_secret('{marker}_before')")
+    for statement, sqlstate in calls:
+        with pytest.raises(psycopg.Error) as e:
+            db.execute(statement)
+        assert e.value.sqlstate == sqlstate, (e.value.sqlstate, e.value)
+        diag = e.value.diag
+        shown = " ".join(filter(None, [diag.message_primary, diag.message_detail, diag.message_hint]))
+        for secret in (short, good, current):
+            assert secret[6:] not in shown, shown
+    with pytest.raises(psycopg.errors.UndefinedObject):
+        db.execute(f"SELECT webhook.rotate_secret('{marker}_after')")
+    log = cluster.log_text()
+    assert "STATEMENT:  SELECT webhook.rotate_secret('" + marker + "_before')" in log
+    assert "STATEMENT:  SELECT webhook.rotate_secret('" + marker + "_after')" in log
+    assert log.count("invalid secret: it decodes to 16 bytes") >= 3
+    assert f'endpoint "{name}" already exists' in log
+    for secret in (short, good, current):
+        assert secret[6:] not in log
 
 
 def test_concurrent_sends_reuse_keep_alive_connections(db, receiver, name):

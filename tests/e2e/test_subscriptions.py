@@ -3,6 +3,9 @@ capture triggers, tables outside public."""
 import json
 import time
 
+import psycopg
+import pytest
+
 from conftest import endpoint, make_table, one
 from harness import verify
 
@@ -70,6 +73,49 @@ def test_drop_endpoint_removes_its_subscriptions_and_deliveries(db, receiver, na
     receiver.wait_for(3, f"/ok/{name}/keep")
     time.sleep(0.3)
     assert receiver.received(f"/ok/{name}") == []
+
+
+def test_drop_endpoint_refuses_while_hand_made_triggers_name_it_and_force_removes_the_name(db, receiver, name):
+    """A capture() trigger attached by hand that names the endpoint: drop_endpoint refuses
+    (2BP01), listing each such trigger with its table, and changes nothing; force => true takes
+    the name out of each (keeping the trigger's events and WHEN clause), drops a trigger left
+    with no endpoint, and the table's writes go on reaching the other endpoint."""
+    make_table(db, name)
+    gone, keep = f"{name}_gone", f"{name}_keep"
+    endpoint(db, gone, receiver.url(f"/ok/{name}/gone"))
+    secret = endpoint(db, keep, receiver.url(f"/ok/{name}/keep"))
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (gone,))
+    db.execute(f"CREATE TRIGGER {name}_both AFTER INSERT OR UPDATE ON {name} FOR EACH ROW"
+               f" WHEN (NEW.v IS DISTINCT FROM 'skip') EXECUTE FUNCTION webhook.capture('{gone}', '{keep}')")
+    db.execute(f"CREATE TRIGGER {name}_only AFTER DELETE ON {name} FOR EACH ROW"
+               f" EXECUTE FUNCTION webhook.capture('{gone}')")
+    db.execute(f"INSERT INTO {name} VALUES (1, 'before')")
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist) as e:
+        db.execute("SELECT webhook.drop_endpoint(%s)", (gone,))
+    message = e.value.diag.message_primary
+    assert f'endpoint "{gone}"' in message
+    assert f'trigger "{name}_both" on public.{name}' in message and f'trigger "{name}_only" on public.{name}' in message
+    assert "force => true" in e.value.diag.message_hint
+    assert one(db, "SELECT count(*) FROM webhook.endpoints WHERE name = %s", gone) == 1
+    assert queued(db, gone) == 1
+    assert sorted(triggers(db, name)) == [(f"{name}_both", f"{gone}\\000{keep}\\000"),
+                                          (f"{name}_only", f"{gone}\\000")]
+
+    db.execute("SELECT webhook.drop_endpoint(%s, force => true)", (gone,))
+    assert triggers(db, name) == [(f"{name}_both", f"{keep}\\000")]
+    assert one(db, "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = %s", f"{name}_both") == (
+        f"CREATE TRIGGER {name}_both AFTER INSERT OR UPDATE ON public.{name} FOR EACH ROW"
+        f" WHEN ((new.v IS DISTINCT FROM 'skip'::text)) EXECUTE FUNCTION webhook.capture('{keep}')")
+    assert queued(db, gone) == 0
+    db.execute(f"INSERT INTO {name} VALUES (2, 'after'), (3, 'skip')")  # would fail naming a dropped endpoint
+    db.execute(f"UPDATE {name} SET v = 'updated' WHERE id = 2")
+    db.execute(f"DELETE FROM {name}")
+    got = receiver.wait_for(3, f"/ok/{name}/keep")
+    assert sorted((r.json()["meta"]["operation"], r.json()["data"]["id"]) for r in got) == [
+        ("data_insert", 1), ("data_insert", 2), ("data_update", 2)]
+    assert all(verify(r, secret) == (True, True) for r in got)
+    assert queued(db, keep) == 3
+    assert receiver.received(f"/ok/{name}/gone") == []
 
 
 def test_hand_made_capture_trigger_uses_default_shape(db, receiver, name):

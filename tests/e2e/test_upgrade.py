@@ -19,6 +19,7 @@ import subprocess
 
 import psycopg
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from conftest import one, wait_until
 from harness import PG_BIN, Cluster, verify
@@ -223,6 +224,12 @@ def test_upgrade_keeps_the_queue_and_gives_the_fresh_schema(old_version, old_clu
         db.execute(f"CREATE EXTENSION webhook VERSION '{OLD_VERSION}'")
         assert extversion(db) == OLD_VERSION
         secret = one(db, "SELECT webhook.create_endpoint('upgrade', %s)", receiver.url(path))
+        # Rotated under the old version: its one previous secret is carried over and keeps signing.
+        rotated = one(db, "SELECT webhook.rotate_secret('upgrade')")
+        assert rotated != secret
+        # test_endpoint reads what the upgrade adds: until then it says what to do.
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="ALTER EXTENSION webhook UPDATE"):
+            db.execute("SELECT * FROM webhook.test_endpoint('upgrade')")
         db.execute("SELECT webhook.alter_endpoint('upgrade', enabled => false)")
         db.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
         db.execute("SELECT webhook.watch('items', 'upgrade')")
@@ -279,7 +286,10 @@ def test_upgrade_keeps_the_queue_and_gives_the_fresh_schema(old_version, old_clu
             f"unknown: {sorted(set(counts) - set(expected))[:20]}")
         for r in requests:
             assert r.body.decode() == expected[r.headers["webhook-id"]]
-            assert verify(r, secret) == (True, True), r.headers["webhook-id"]
+            assert verify(r, rotated) == (True, True), r.headers["webhook-id"]
+            Webhook(secret).verify(r.body, r.headers)
+            assert len(r.headers["webhook-signature"].split(" ")) == 2
+        assert one(db, "SELECT rotation_overlap FROM webhook.endpoints WHERE name = 'upgrade'") is True
 
         # What the new version does, in the upgraded database.
         assert one(db, "SELECT name FROM webhook.subscriptions WHERE endpoint = 'upgrade'") == "public.items"

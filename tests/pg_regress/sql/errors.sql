@@ -4,6 +4,7 @@
 --   22023 bad argument value                           22004 NULL argument
 --   42703 unknown column                               42P10 no primary key and no lookup
 --   55000 wrong state (redeliver, misattached trigger) 42501 insufficient privilege
+--   2BP01 endpoint still named by a capture trigger attached by hand
 -- A failed call changes nothing: the queued deliveries are checked at the end.
 \set VERBOSITY terse
 SELECT length(webhook.create_endpoint('crm', 'https://crm.example.com/hooks')) > 0 AS created;
@@ -66,6 +67,22 @@ SELECT webhook.create_endpoint('e', 'https://crm.example.com/hooks',
 \echo :LAST_ERROR_SQLSTATE
 SELECT webhook.create_endpoint('e', 'https://crm.example.com/hooks', headers => NULL);
 \echo :LAST_ERROR_SQLSTATE
+-- A secret brought by the operator: whsec_ + standard base64 (padded) of 24 to 256 bytes. The
+-- message names the rule and what is wrong, never the secret.
+SELECT webhook.create_endpoint('e', 'https://crm.example.com/hooks', secret => 'MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw');
+\echo :LAST_ERROR_SQLSTATE
+SELECT webhook.create_endpoint('e', 'https://crm.example.com/hooks', secret => 'whsec_c2hvcnQgc2VjcmV0');
+\echo :LAST_ERROR_SQLSTATE
+SELECT webhook.create_endpoint('e', 'https://crm.example.com/hooks', secret => 'whsec_' || translate(encode(decode(repeat('ab', 257), 'hex'), 'base64'), E'\n', ''));
+\echo :LAST_ERROR_SQLSTATE
+SELECT webhook.create_endpoint('e', 'https://crm.example.com/hooks', secret => 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS');
+\echo :LAST_ERROR_SQLSTATE
+SELECT webhook.create_endpoint('e', 'https://crm.example.com/hooks', secret => 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2La-_Sw');
+\echo :LAST_ERROR_SQLSTATE
+SELECT webhook.create_endpoint('e', 'https://crm.example.com/hooks', secret => 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw==');
+\echo :LAST_ERROR_SQLSTATE
+SELECT webhook.create_endpoint('e', 'https://crm.example.com/hooks', secret => '');
+\echo :LAST_ERROR_SQLSTATE
 
 -- alter_endpoint, rotate_secret, drop_endpoint, test_endpoint
 SELECT webhook.alter_endpoint('nope', enabled => false);
@@ -82,7 +99,15 @@ SELECT webhook.alter_endpoint(NULL, enabled => false);
 \echo :LAST_ERROR_SQLSTATE
 SELECT webhook.rotate_secret('nope');
 \echo :LAST_ERROR_SQLSTATE
+SELECT webhook.rotate_secret(NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT webhook.rotate_secret('crm', secret => 'whsec_dG9vIHNob3J0');
+\echo :LAST_ERROR_SQLSTATE
+SELECT webhook.rotate_secret('crm', secret => (SELECT secret FROM webhook.endpoint WHERE name = 'crm'));
+\echo :LAST_ERROR_SQLSTATE
 SELECT webhook.drop_endpoint('nope');
+\echo :LAST_ERROR_SQLSTATE
+SELECT webhook.drop_endpoint('crm', force => NULL);
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM webhook.test_endpoint('nope');
 \echo :LAST_ERROR_SQLSTATE
@@ -164,6 +189,16 @@ SELECT webhook.purge('failed', endpoint => 'nope');
 -- capture() attached by hand: an unknown endpoint is an error at the first write, naming the
 -- trigger; capture() needs endpoint names and must be an AFTER ... FOR EACH ROW trigger.
 CREATE TABLE notes (id int PRIMARY KEY, body text);
+-- drop_endpoint refuses while such a trigger names the endpoint, listing each (force => true
+-- removes the name from them: endpoints.sql).
+CREATE TRIGGER notes_hook AFTER INSERT ON notes FOR EACH ROW EXECUTE FUNCTION webhook.capture('crm');
+CREATE TRIGGER "Notes hook 2" AFTER DELETE ON notes FOR EACH ROW EXECUTE FUNCTION webhook.capture('other', 'crm');
+SELECT webhook.drop_endpoint('crm');
+\echo :LAST_ERROR_SQLSTATE
+DROP TRIGGER "Notes hook 2" ON notes;
+SELECT webhook.drop_endpoint('crm');
+\echo :LAST_ERROR_SQLSTATE
+DROP TRIGGER notes_hook ON notes;
 CREATE TRIGGER notes_hook AFTER INSERT ON notes FOR EACH ROW EXECUTE FUNCTION webhook.capture('ghost');
 INSERT INTO notes VALUES (1, 'x');
 \echo :LAST_ERROR_SQLSTATE
