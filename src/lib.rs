@@ -17,6 +17,7 @@ mod endpoint;
 mod error;
 mod guc;
 mod http;
+mod message;
 mod network;
 mod schedule;
 mod shmem;

@@ -34,6 +34,7 @@ fn create_endpoint(
     headers: default!(Option<JsonB>, "'{}'"),
     description: default!(Option<&str>, "NULL"),
     format: default!(Option<&str>, "'rownd'"),
+    batch_size: default!(Option<i32>, "NULL"),
 ) -> String {
     let run = || -> Result<String> {
         let name = endpoint::validate_name(required(name, "name")?)?;
@@ -42,7 +43,7 @@ fn create_endpoint(
         let headers = required(headers, "headers")?.0;
         endpoint::validate_headers(&headers)?;
         let format = required(format, "format")?;
-        Format::parse(format)?;
+        let batch_size = endpoint::resolve_batch_size(Format::parse(format)?, batch_size, None)?;
         let secret = sign::new_secret();
         Spi::connect_mut(|client| -> Result<()> {
             if endpoint_id(client, &name).is_ok() {
@@ -50,8 +51,9 @@ fn create_endpoint(
             }
             client
                 .update(
-                    "INSERT INTO webhook.endpoint (name, url, method, headers, description, format, secret)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO webhook.endpoint (name, url, method, headers, description, format, secret,
+                                                   batch_size)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     None,
                     &[
                         name.as_str().into(),
@@ -61,6 +63,7 @@ fn create_endpoint(
                         description.into(),
                         format.into(),
                         secret.as_str().into(),
+                        batch_size.into(),
                     ],
                 )?;
             Ok(())
@@ -70,9 +73,11 @@ fn create_endpoint(
     run().or_raise()
 }
 
-/// Change an endpoint's settings; NULL leaves a setting as it is.
+/// Change an endpoint's settings; NULL leaves a setting as it is, except that a change of
+/// format resets an unspecified batch_size to the new format's default.
 #[pg_extern(security_definer, volatile)]
 #[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::too_many_arguments)] // one per setting, as SQL callers name them
 fn alter_endpoint(
     name: Option<&str>,
     url: default!(Option<&str>, "NULL"),
@@ -81,6 +86,7 @@ fn alter_endpoint(
     description: default!(Option<&str>, "NULL"),
     enabled: default!(Option<bool>, "NULL"),
     format: default!(Option<&str>, "NULL"),
+    batch_size: default!(Option<i32>, "NULL"),
 ) {
     let run = || -> Result<()> {
         let name = required(name, "name")?;
@@ -89,16 +95,28 @@ fn alter_endpoint(
         if let Some(h) = &headers {
             endpoint::validate_headers(&h.0)?;
         }
-        if let Some(f) = format {
-            Format::parse(f)?;
-        }
+        let format = format.map(Format::parse).transpose()?;
         Spi::connect_mut(|client| -> Result<()> {
             let id = endpoint_id(client, name)?;
+            let (current, current_batch) = client
+                .update(
+                    "SELECT format, batch_size FROM webhook.endpoint WHERE id = $1 FOR UPDATE",
+                    None,
+                    &[id.into()],
+                )?
+                .first()
+                .get_two::<String, i32>()?;
+            let current = match (current, current_batch) {
+                (Some(f), Some(n)) => Some((Format::parse(&f)?, n)),
+                _ => None,
+            };
+            let format = format.or(current.map(|(f, _)| f)).unwrap_or(Format::Rownd);
+            let batch_size = endpoint::resolve_batch_size(format, batch_size, current)?;
             client
                 .update(
                     "UPDATE webhook.endpoint SET url = coalesce($2, url), method = coalesce($3, method),
                         headers = coalesce($4, headers), description = coalesce($5, description),
-                        enabled = coalesce($6, enabled), format = coalesce($7, format)
+                        enabled = coalesce($6, enabled), format = $7, batch_size = $8
                      WHERE id = $1",
                     None,
                     &[
@@ -108,7 +126,8 @@ fn alter_endpoint(
                         headers.into(),
                         description.into(),
                         enabled.into(),
-                        format.into(),
+                        format.as_sql().into(),
+                        batch_size.into(),
                     ],
                 )?;
             invalidate_endpoint_caches(client)?;

@@ -26,6 +26,8 @@ pub struct NewDelivery<'a> {
     pub table_name: &'a str,
     pub operation: &'a str,
     pub payload: &'a str,
+    /// The webhook-id; None for a census change, which gets its message's when batched.
+    pub message_id: Option<&'a str>,
 }
 
 /// Where each column this module fills sits in the queue table's tuple (0-based).
@@ -44,10 +46,19 @@ struct Layout {
     cycle_start: usize,
     next_attempt_at: usize,
     created_at: usize,
+    message_id: usize,
 }
 
-/// Columns left NULL in a new delivery.
-const NULL_COLUMNS: [&str; 3] = ["last_status_code", "last_error", "delivered_at"];
+/// Columns left NULL in a new delivery (batch_id and records are set by the worker on census
+/// batching, sync_run_id by a sync run).
+const NULL_COLUMNS: [&str; 6] = [
+    "last_status_code",
+    "last_error",
+    "delivered_at",
+    "batch_id",
+    "records",
+    "sync_run_id",
+];
 
 /// An index of the queue table, as new deliveries need it.
 struct IndexSpec {
@@ -225,6 +236,7 @@ unsafe fn layout(rel: pg_sys::Relation) -> Rc<Layout> {
         cycle_start: take("cycle_start"),
         next_attempt_at: take("next_attempt_at"),
         created_at: take("created_at"),
+        message_id: take("message_id"),
     };
     for name in NULL_COLUMNS {
         take(name);
@@ -381,6 +393,9 @@ fn row_values(layout: &Layout, delivery: &NewDelivery) -> (Vec<pg_sys::Datum>, V
     set(layout.cycle_start, 0i32.into());
     set(layout.next_attempt_at, now.into());
     set(layout.created_at, now.into());
+    if let Some(m) = delivery.message_id {
+        set(layout.message_id, text_datum(m));
+    }
     (values, nulls)
 }
 

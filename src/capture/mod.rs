@@ -11,7 +11,7 @@ pub mod table;
 use crate::endpoint::Format;
 use crate::error::Result as WebhookResult;
 use crate::error::{not_null, OrRaise, WebhookError};
-use crate::shmem;
+use crate::{message, shmem};
 use crate::subscription::{Events, Options, Shape, TableShape};
 use enqueue::NewDelivery;
 use payload::{Change, Meta, Op, Row};
@@ -391,9 +391,14 @@ fn capture<'a>(
             )
         })
         .unwrap_or_else(|| WebhookError::Internal("nextval returned NULL".into()).raise());
-        let id_text = id.to_string();
+        // A rownd change is its own message; census changes get theirs when the worker batches
+        // them (crate::message).
+        let message_id = match target.format {
+            Format::Rownd => Some(message::new_id()),
+            Format::Census => None,
+        };
         let meta = Meta {
-            id: &id_text,
+            id: message_id.as_deref().unwrap_or_default(),
             occurred_at: &occurred_at,
         };
         let body = match target.format {
@@ -416,6 +421,7 @@ fn capture<'a>(
                 table_name: &plan.table.qualified_name,
                 operation: payload::operation(&target.shape, &change),
                 payload: &body,
+                message_id: message_id.as_deref(),
             },
         );
     }
