@@ -41,7 +41,7 @@ CREATE FUNCTION webhook.create_endpoint(
 VOLATILE SECURITY DEFINER
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'create_endpoint_wrapper';
+AS 'MODULE_PATHNAME', 'create_endpoint_0_3_wrapper';
 DROP FUNCTION webhook.alter_endpoint(text, text, text, jsonb, text, boolean, text);
 CREATE FUNCTION webhook.alter_endpoint(
 	"name" TEXT,
@@ -56,7 +56,7 @@ CREATE FUNCTION webhook.alter_endpoint(
 VOLATILE SECURITY DEFINER
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'alter_endpoint_wrapper';
+AS 'MODULE_PATHNAME', 'alter_endpoint_0_3_wrapper';
 REVOKE ALL ON FUNCTION webhook.create_endpoint(text, text, text, jsonb, text, text, int),
                        webhook.alter_endpoint(text, text, text, jsonb, text, boolean, text, int)
     FROM PUBLIC;

@@ -24,10 +24,26 @@ fn invalidate_endpoint_caches(client: &SpiClient) -> Result<()> {
     Ok(())
 }
 
+/// Whether webhook.endpoint has batch_size: not until `ALTER EXTENSION webhook UPDATE` to 0.3.0,
+/// while the old SQL definitions call in through api::compat.
+fn has_batch_size(client: &SpiClient) -> Result<bool> {
+    Ok(client
+        .select(
+            "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'webhook.endpoint'::regclass
+                            AND attname = 'batch_size' AND NOT attisdropped)",
+            None,
+            &[],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false))
+}
+
 /// Register a destination; returns its signing secret, which is shown only this once.
-#[pg_extern(security_definer, volatile)]
+/// (`_0_3`: the C symbol of this signature; see api::compat.)
+#[pg_extern(name = "create_endpoint", security_definer, volatile)]
 #[search_path(pg_catalog, pg_temp)]
-fn create_endpoint(
+pub(super) fn create_endpoint_0_3(
     name: Option<&str>,
     url: Option<&str>,
     method: default!(Option<&str>, "'POST'"),
@@ -49,11 +65,18 @@ fn create_endpoint(
             if endpoint_id(client, &name).is_ok() {
                 return Err(WebhookError::DuplicateEndpoint(name.clone()));
             }
+            let insert = if has_batch_size(client)? {
+                "INSERT INTO webhook.endpoint (name, url, method, headers, description, format, secret,
+                                               batch_size)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            } else {
+                // ($8 unused: a declared parameter need not appear.)
+                "INSERT INTO webhook.endpoint (name, url, method, headers, description, format, secret)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            };
             client
                 .update(
-                    "INSERT INTO webhook.endpoint (name, url, method, headers, description, format, secret,
-                                                   batch_size)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    insert,
                     None,
                     &[
                         name.as_str().into(),
@@ -75,10 +98,10 @@ fn create_endpoint(
 
 /// Change an endpoint's settings; NULL leaves a setting as it is, except that a change of
 /// format resets an unspecified batch_size to the new format's default.
-#[pg_extern(security_definer, volatile)]
+#[pg_extern(name = "alter_endpoint", security_definer, volatile)]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)] // one per setting, as SQL callers name them
-fn alter_endpoint(
+pub(super) fn alter_endpoint_0_3(
     name: Option<&str>,
     url: default!(Option<&str>, "NULL"),
     method: default!(Option<&str>, "NULL"),
@@ -98,9 +121,14 @@ fn alter_endpoint(
         let format = format.map(Format::parse).transpose()?;
         Spi::connect_mut(|client| -> Result<()> {
             let id = endpoint_id(client, name)?;
+            let batch_sizes = has_batch_size(client)?;
             let (current, current_batch) = client
                 .update(
-                    "SELECT format, batch_size FROM webhook.endpoint WHERE id = $1 FOR UPDATE",
+                    if batch_sizes {
+                        "SELECT format, batch_size FROM webhook.endpoint WHERE id = $1 FOR UPDATE"
+                    } else {
+                        "SELECT format, 1 AS batch_size FROM webhook.endpoint WHERE id = $1 FOR UPDATE"
+                    },
                     None,
                     &[id.into()],
                 )?
@@ -114,10 +142,17 @@ fn alter_endpoint(
             let batch_size = endpoint::resolve_batch_size(format, batch_size, current)?;
             client
                 .update(
-                    "UPDATE webhook.endpoint SET url = coalesce($2, url), method = coalesce($3, method),
-                        headers = coalesce($4, headers), description = coalesce($5, description),
-                        enabled = coalesce($6, enabled), format = $7, batch_size = $8
-                     WHERE id = $1",
+                    if batch_sizes {
+                        "UPDATE webhook.endpoint SET url = coalesce($2, url), method = coalesce($3, method),
+                            headers = coalesce($4, headers), description = coalesce($5, description),
+                            enabled = coalesce($6, enabled), format = $7, batch_size = $8
+                         WHERE id = $1"
+                    } else {
+                        "UPDATE webhook.endpoint SET url = coalesce($2, url), method = coalesce($3, method),
+                            headers = coalesce($4, headers), description = coalesce($5, description),
+                            enabled = coalesce($6, enabled), format = $7
+                         WHERE id = $1"
+                    },
                     None,
                     &[
                         id.into(),

@@ -40,6 +40,9 @@ struct Plan {
     queue_owner: pg_sys::Oid,
     queue: pg_sys::Oid,
     sequence: pg_sys::Oid,
+    /// Whether the queue has message ids (0.3.0); until `ALTER EXTENSION webhook UPDATE` a
+    /// rownd change's message id is its delivery id, as before.
+    message_ids: bool,
 }
 
 thread_local! {
@@ -65,6 +68,9 @@ const OWNER_SQL: &str = "SELECT e.extowner FROM pg_catalog.pg_extension e
 const QUEUE_SQL: &str = "SELECT 'webhook.delivery'::pg_catalog.regclass::pg_catalog.oid,
     'webhook.delivery_id_seq'::pg_catalog.regclass::pg_catalog.oid,
     'webhook.endpoint'::pg_catalog.regclass::pg_catalog.oid";
+const MESSAGE_IDS_SQL: &str = "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid OPERATOR(pg_catalog.=) 'webhook.delivery'::pg_catalog.regclass
+      AND a.attname OPERATOR(pg_catalog.=) 'message_id' AND NOT a.attisdropped)";
 
 /// Plans are dropped whenever PostgreSQL invalidates the watched table's relcache entry (its
 /// columns or triggers changed, or the API changed one of its subscriptions), and all of them
@@ -216,10 +222,16 @@ fn build_plan(
                 .iter()
                 .map(|name| target(c, trigger_name, &table, relid, name))
                 .collect::<WebhookResult<Vec<_>>>()?;
+            let message_ids = c
+                .select(MESSAGE_IDS_SQL, None, &[])?
+                .first()
+                .get_one::<bool>()?
+                .unwrap_or(false);
             Ok(Plan {
                 relid,
                 targets,
                 queue_owner,
+                message_ids,
                 queue: queue.ok_or_else(missing)?,
                 sequence: sequence.ok_or_else(missing)?,
                 table,
@@ -394,7 +406,8 @@ fn capture<'a>(
         // A rownd change is its own message; census changes get theirs when the worker batches
         // them (crate::message).
         let message_id = match target.format {
-            Format::Rownd => Some(message::new_id()),
+            Format::Rownd if plan.message_ids => Some(message::new_id()),
+            Format::Rownd => Some(id.to_string()),
             Format::Census => None,
         };
         let meta = Meta {
@@ -421,7 +434,7 @@ fn capture<'a>(
                 table_name: &plan.table.qualified_name,
                 operation: payload::operation(&target.shape, &change),
                 payload: &body,
-                message_id: message_id.as_deref(),
+                message_id: message_id.as_deref().filter(|_| plan.message_ids),
             },
         );
     }

@@ -184,8 +184,8 @@ CROSS JOIN LATERAL (
 ) d
 WHERE e.enabled";
 
-const READY_SQL: &str =
-    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'webhook')";
+const INSTALLED_SQL: &str =
+    "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'webhook'";
 
 // Oldest first through delivery_delivered (the only index in that order).
 static RETENTION_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -308,9 +308,9 @@ fn statements() -> Result<Rc<Statements>> {
     Ok(prepared)
 }
 
-/// Is the extension created in this database?
-pub fn ready() -> Result<bool> {
-    Ok(Spi::get_one::<bool>(READY_SQL)?.unwrap_or(false))
+/// The version of the extension created in this database, if it is.
+pub fn installed_version() -> Result<Option<String>> {
+    Ok(Spi::get_one::<String>(INSTALLED_SQL)?)
 }
 
 /// How many requests each endpoint may have in flight, and how many it has.

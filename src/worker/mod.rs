@@ -13,6 +13,8 @@ use sender::{Outcome, Pool};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// The extension version whose schema the worker's statements are written for.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Longest sleep when nothing is due; commits wake the worker sooner through its latch.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Sender threads wake the main thread for each outcome; this poll is only a safety net.
@@ -149,8 +151,10 @@ struct Loop {
     policy: http::SharedPolicy,
     /// Requests in flight, per endpoint.
     in_flight: HashMap<i64, usize>,
-    /// Whether the extension exists in this database yet.
+    /// Whether the extension exists in this database yet, at this library's version.
     ready: bool,
+    /// The older version the extension was found at (logged once).
+    waiting_for_update: Option<String>,
     last_retention: Option<Instant>,
     cursors: claim::Cursors,
     last_rescan: Instant,
@@ -165,6 +169,7 @@ impl Loop {
             policy,
             in_flight: HashMap::new(),
             ready: false,
+            waiting_for_update: None,
             last_retention: None,
             cursors: claim::Cursors::default(),
             last_rescan: Instant::now(),
@@ -189,7 +194,26 @@ impl Loop {
             self.last_retention = apply_retention().then(Instant::now);
         }
         if !self.ready {
-            self.ready = step(claim::ready);
+            self.ready = self.check_version();
+        }
+    }
+
+    /// Whether the extension exists in this database at this library's version: the worker's
+    /// statements are written for that schema. Until `ALTER EXTENSION webhook UPDATE`, changes
+    /// are captured and queued but nothing is claimed.
+    fn check_version(&mut self) -> bool {
+        let installed = step(claim::installed_version);
+        match installed.as_deref() {
+            Some(VERSION) => true,
+            Some(other) if self.waiting_for_update.as_deref() != Some(other) => {
+                log!(
+                    "webhook: the extension in this database is version {other} and the library {VERSION}: \
+                     nothing is delivered until ALTER EXTENSION webhook UPDATE"
+                );
+                self.waiting_for_update = Some(other.to_string());
+                false
+            }
+            _ => false,
         }
     }
 
