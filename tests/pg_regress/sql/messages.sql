@@ -53,6 +53,8 @@ SELECT name, format, batch_size FROM webhook.endpoints ORDER BY name;
 -- gets its own when it is captured (meta.id is the same); a census change gets its message's
 -- when the worker batches it, so until then it has none.
 CREATE TABLE users (user_id int PRIMARY KEY, email text);
+-- (tests only: restart delivery ids so that the one printed in a message below is stable)
+ALTER SEQUENCE webhook.delivery_id_seq RESTART;
 SELECT webhook.watch('users', 'crm') IS NOT NULL AS watching,
        webhook.watch('users', 'census') IS NOT NULL AS watching;
 INSERT INTO users VALUES (1, 'a@example.com'), (2, 'b@example.com');
@@ -65,6 +67,47 @@ SELECT count(DISTINCT message_id) AS distinct_ids FROM webhook.deliveries WHERE 
 -- The delivery id stays the local bigint that redeliver takes; the two are different things.
 SELECT pg_typeof(id) AS id_type, pg_typeof(message_id) AS message_id_type
 FROM webhook.deliveries LIMIT 1;
+
+-- What the worker does when it sends census changes (by hand here, as it does it): one message
+-- row carries the body and the webhook-id (records: how many changes); each change becomes
+-- `batched` into it. The views show, for each change, its message's id and state; the message
+-- row itself is not a change and is not listed.
+CREATE TEMP TABLE message AS
+SELECT nextval('webhook.delivery_id_seq') AS id, 'msg_0000000000000000000042'::text AS message_id;
+INSERT INTO webhook.delivery (id, endpoint_id, subscription_id, table_name, operation, payload,
+                              status, attempts, message_id, records, last_status_code, delivered_at)
+SELECT m.id, e.id, NULL, 'public.users', 'changed', '{"api_version": 1, "data": []}',
+       'delivered', 2, m.message_id, 3, 200, now()
+FROM message m, webhook.endpoint e WHERE e.name = 'census';
+UPDATE webhook.delivery d SET status = 'batched', batch_id = m.id, message_id = m.message_id
+FROM message m, webhook.endpoint e
+WHERE e.name = 'census' AND d.endpoint_id = e.id AND d.records IS NULL;
+INSERT INTO webhook.attempt (delivery_id, attempt, started_at, status_code, error)
+SELECT id, 1, now(), 503, 'HTTP 503' FROM message
+UNION ALL SELECT id, 2, now(), 200, NULL FROM message;
+SELECT endpoint, operation, message_id, status, attempts, last_status_code,
+       delivered_at IS NOT NULL AS delivered
+FROM webhook.deliveries WHERE endpoint = 'census' ORDER BY id;
+SELECT d.operation, a.attempt, a.status_code, a.error
+FROM webhook.attempts a JOIN webhook.deliveries d ON d.id = a.delivery_id ORDER BY d.id, a.attempt;
+SELECT endpoint, pending, delivered, failed FROM webhook.endpoint_stats ORDER BY endpoint;
+-- Redelivering any change of the message queues the message again (the worker resends its
+-- body and webhook-id as they are): each change shows it pending.
+SELECT webhook.redeliver(min(id)) FROM webhook.deliveries WHERE endpoint = 'census';
+SELECT endpoint, message_id, status, attempts FROM webhook.deliveries WHERE endpoint = 'census' ORDER BY id;
+SELECT id = (SELECT id FROM message) AS message_row, status, cycle_start
+FROM webhook.delivery WHERE records IS NOT NULL;
+SELECT webhook.redeliver(min(id)) FROM webhook.deliveries WHERE endpoint = 'census';
+\echo :LAST_ERROR_SQLSTATE
+-- A failed message counts once per change in redeliver_failed, and purge takes its changes
+-- with it.
+UPDATE webhook.delivery SET status = 'failed' WHERE records IS NOT NULL;
+SELECT webhook.redeliver_failed('census') AS requeued;
+UPDATE webhook.delivery SET status = 'failed' WHERE records IS NOT NULL;
+SELECT webhook.purge(endpoint => 'census') AS purged;
+SELECT count(*) AS census_rows FROM webhook.delivery d JOIN webhook.endpoint e ON e.id = d.endpoint_id
+WHERE e.name = 'census';
+SELECT count(*) AS attempts_left FROM webhook.attempt;
 
 -- Dropping an endpoint removes its queued changes.
 SELECT webhook.drop_endpoint(name) FROM webhook.endpoints ORDER BY name;
