@@ -4,7 +4,7 @@
 -- rotation_overlap_until (the last of them expires then).
 -- (The same definition is in webhook--0.2.0--0.3.0.sql.)
 CREATE VIEW webhook.endpoints AS
-SELECT e.name, e.url, e.method, e.headers, e.description, e.format, e.enabled,
+SELECT e.name, e.url, e.method, e.headers, e.description, e.format, e.batch_size, e.enabled,
        p.until IS NOT NULL AS rotation_overlap, p.until AS rotation_overlap_until, e.created_at
 FROM webhook.endpoint e
 CROSS JOIN LATERAL (SELECT max(p.expires_at) AS until FROM webhook.previous_secret p
@@ -24,23 +24,34 @@ SELECT s.id, e.name AS endpoint, s.relid AS table_name,
        s.behavior, s.changed, s.predicate
 FROM webhook.subscription s JOIN webhook.endpoint e ON e.id = s.endpoint_id;
 
+-- One row per change. A batched census change shows its message's state (m: the message row);
+-- message rows themselves (records IS NOT NULL) are not changes and are not listed.
+-- (The same definitions are in webhook--0.2.0--0.3.0.sql.)
 CREATE VIEW webhook.deliveries AS
-SELECT d.id, e.name AS endpoint, d.table_name, d.operation, d.status, d.attempts,
-       CASE WHEN d.status IN ('pending', 'delivering') THEN d.next_attempt_at END AS next_attempt_at,
-       d.last_status_code, d.last_error, d.created_at, d.delivered_at, d.payload::jsonb AS payload
-FROM webhook.delivery d LEFT JOIN webhook.endpoint e ON e.id = d.endpoint_id;
+SELECT d.id, d.message_id, e.name AS endpoint, d.table_name, d.operation, m.status, m.attempts,
+       CASE WHEN m.status IN ('pending', 'delivering') THEN m.next_attempt_at END AS next_attempt_at,
+       m.last_status_code, m.last_error, d.created_at, m.delivered_at, d.payload::jsonb AS payload
+FROM webhook.delivery d
+JOIN webhook.delivery m ON m.id = coalesce(d.batch_id, d.id)
+LEFT JOIN webhook.endpoint e ON e.id = d.endpoint_id
+WHERE d.records IS NULL;
 
+-- A census message's attempts are shown for each change it carries.
 CREATE VIEW webhook.attempts AS
-SELECT a.delivery_id, a.attempt, a.started_at, a.duration_ms, a.status_code, a.error, a.response_body
-FROM webhook.attempt a;
+SELECT coalesce(c.id, a.delivery_id) AS delivery_id, a.attempt, a.started_at, a.duration_ms,
+       a.status_code, a.error, a.response_body
+FROM webhook.attempt a
+LEFT JOIN webhook.delivery c ON c.batch_id = a.delivery_id AND c.status = 'batched';
 
 CREATE VIEW webhook.endpoint_stats AS
 SELECT e.name AS endpoint,
-       count(d.id) FILTER (WHERE d.status IN ('pending', 'delivering')) AS pending,
-       count(d.id) FILTER (WHERE d.status = 'delivered') AS delivered,
-       count(d.id) FILTER (WHERE d.status = 'failed') AS failed,
+       count(d.id) FILTER (WHERE m.status IN ('pending', 'delivering')) AS pending,
+       count(d.id) FILTER (WHERE m.status = 'delivered') AS delivered,
+       count(d.id) FILTER (WHERE m.status = 'failed') AS failed,
        e.consecutive_failures, e.last_success_at, e.last_failure_at
-FROM webhook.endpoint e LEFT JOIN webhook.delivery d ON d.endpoint_id = e.id
+FROM webhook.endpoint e
+LEFT JOIN webhook.delivery d ON d.endpoint_id = e.id AND d.records IS NULL
+LEFT JOIN webhook.delivery m ON m.id = coalesce(d.batch_id, d.id)
 GROUP BY e.id;
 
 -- Functions are executable by PUBLIC by default in PostgreSQL; none of ours should be.

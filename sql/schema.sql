@@ -19,7 +19,11 @@ CREATE TABLE webhook.endpoint (
     consecutive_failures       integer NOT NULL DEFAULT 0,
     last_success_at            timestamptz,
     last_failure_at            timestamptz,
-    created_at                 timestamptz NOT NULL DEFAULT now()
+    created_at                 timestamptz NOT NULL DEFAULT now(),
+    -- Records per request: census up to 1000 (create_endpoint's default 100), rownd always 1.
+    batch_size                 integer NOT NULL DEFAULT 1,
+    CONSTRAINT endpoint_batch_size_check
+        CHECK (batch_size BETWEEN 1 AND 1000 AND (format = 'census' OR batch_size = 1))
 );
 
 -- Secrets rotated out that keep signing until expires_at (webhook.rotation_overlap after the
@@ -64,6 +68,12 @@ CREATE TABLE webhook.subscription (
 --   delivering -> claimed by a worker; next_attempt_at is the lease expiry, after which any
 --                 worker may claim it again (at-least-once delivery)
 --   delivered / failed (dead letter, kept until redelivered or purged)
+--   batched    -> a census change the worker put into a message: the message is a row of its
+--                 own (records = how many changes it carries, payload = the body sent), which
+--                 goes through the states above; the change's batch_id points at it.
+-- message_id is the webhook-id: capture sets it for a rownd change (its own message); a census
+-- change gets its message's when the worker batches it. sync_run_id (NULL: a live change) keeps
+-- a sync run's records and live changes out of each other's messages.
 CREATE SEQUENCE webhook.delivery_id_seq;
 CREATE TABLE webhook.delivery (
     id               bigint PRIMARY KEY DEFAULT nextval('webhook.delivery_id_seq'),
@@ -73,20 +83,28 @@ CREATE TABLE webhook.delivery (
     operation        text NOT NULL,
     payload          text NOT NULL,   -- the exact body bytes that are signed and sent
     status           text NOT NULL DEFAULT 'pending'
-                     CHECK (status IN ('pending', 'delivering', 'delivered', 'failed')),
+                     CHECK (status IN ('pending', 'delivering', 'delivered', 'failed', 'batched')),
     attempts         integer NOT NULL DEFAULT 0,  -- attempts ever made
     cycle_start      integer NOT NULL DEFAULT 0,  -- attempts made before the last redelivery
     next_attempt_at  timestamptz NOT NULL DEFAULT now(),
     last_status_code integer,
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    delivered_at     timestamptz
+    delivered_at     timestamptz,
+    message_id       text,            -- msg_..., the webhook-id (SPEC §3)
+    batch_id         bigint,          -- a batched census change: the message row carrying it
+    records          integer,         -- a census message row: how many changes it carries
+    sync_run_id      bigint           -- a sync run's record (SPEC §6); NULL for live changes
 );
 ALTER SEQUENCE webhook.delivery_id_seq OWNED BY webhook.delivery.id;
 -- The worker claims per enabled endpoint, oldest due first; id makes the order total, so a claim
 -- can resume after the last row it took.
 CREATE INDEX delivery_due ON webhook.delivery (endpoint_id, next_attempt_at, id)
     WHERE status IN ('pending', 'delivering');
+
+-- A census message's changes, for the views, redeliver and deletes (never for new rows: capture
+-- writes pending ones, so this index costs the write path nothing).
+CREATE INDEX delivery_batch ON webhook.delivery (batch_id) WHERE status = 'batched';
 
 -- Retention finds old delivered rows without scanning the queue.
 CREATE INDEX delivery_delivered ON webhook.delivery (delivered_at) WHERE status = 'delivered';

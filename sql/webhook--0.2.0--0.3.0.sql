@@ -108,6 +108,81 @@ CREATE EVENT TRIGGER webhook_guard_subscriptions ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION webhook._guard_subscriptions();
 
+-- ---- Message ids and census batches (issue 12) ----------------------------------------------
+-- Endpoints get batch_size: census endpoints send up to that many records per request (100 by
+-- default), rownd ones one.
+ALTER TABLE webhook.endpoint
+    ADD COLUMN batch_size integer NOT NULL DEFAULT 1,
+    ADD CONSTRAINT endpoint_batch_size_check
+        CHECK (batch_size BETWEEN 1 AND 1000 AND (format = 'census' OR batch_size = 1));
+UPDATE webhook.endpoint SET batch_size = 100 WHERE format = 'census';
+
+-- Deliveries get a message id (the webhook-id), and census changes are batched into messages.
+ALTER TABLE webhook.delivery
+    DROP CONSTRAINT delivery_status_check,
+    ADD CONSTRAINT delivery_status_check
+        CHECK (status IN ('pending', 'delivering', 'delivered', 'failed', 'batched')),
+    ADD COLUMN message_id text,
+    ADD COLUMN batch_id bigint,
+    ADD COLUMN records integer,
+    ADD COLUMN sync_run_id bigint;
+-- What 0.2.0 queued keeps the webhook-id it had, its delivery id, so that a retry or a
+-- redelivery carries the id its receiver may have seen already (and rownd bodies their meta.id);
+-- only census changes never attempted are left to be batched.
+UPDATE webhook.delivery SET message_id = id::text
+WHERE NOT (status = 'pending' AND attempts = 0 AND left(payload, 15) = '{"api_version":');
+CREATE INDEX delivery_batch ON webhook.delivery (batch_id) WHERE status = 'batched';
+
+-- alter_endpoint takes batch_size (create_endpoint too: with secret, below).
+DROP FUNCTION webhook.alter_endpoint(text, text, text, jsonb, text, boolean, text);
+CREATE FUNCTION webhook.alter_endpoint(
+	"name" TEXT,
+	"url" TEXT DEFAULT NULL,
+	"method" TEXT DEFAULT NULL,
+	"headers" jsonb DEFAULT NULL,
+	"description" TEXT DEFAULT NULL,
+	"enabled" bool DEFAULT NULL,
+	"format" TEXT DEFAULT NULL,
+	"batch_size" INT DEFAULT NULL
+) RETURNS void
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'alter_endpoint_0_3_wrapper';
+REVOKE ALL ON FUNCTION webhook.alter_endpoint(text, text, text, jsonb, text, boolean, text, int)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook.alter_endpoint(text, text, text, jsonb, text, boolean, text, int)
+    TO webhook_admin;
+
+-- Views: deliveries shows the message id (a new column in the middle, so it is created again,
+-- with its grant; endpoints, with batch_size, is created again below); a census change shows
+-- its message's state.
+DROP VIEW webhook.deliveries;
+CREATE VIEW webhook.deliveries AS
+SELECT d.id, d.message_id, e.name AS endpoint, d.table_name, d.operation, m.status, m.attempts,
+       CASE WHEN m.status IN ('pending', 'delivering') THEN m.next_attempt_at END AS next_attempt_at,
+       m.last_status_code, m.last_error, d.created_at, m.delivered_at, d.payload::jsonb AS payload
+FROM webhook.delivery d
+JOIN webhook.delivery m ON m.id = coalesce(d.batch_id, d.id)
+LEFT JOIN webhook.endpoint e ON e.id = d.endpoint_id
+WHERE d.records IS NULL;
+GRANT SELECT ON webhook.deliveries TO webhook_admin;
+CREATE OR REPLACE VIEW webhook.attempts AS
+SELECT coalesce(c.id, a.delivery_id) AS delivery_id, a.attempt, a.started_at, a.duration_ms,
+       a.status_code, a.error, a.response_body
+FROM webhook.attempt a
+LEFT JOIN webhook.delivery c ON c.batch_id = a.delivery_id AND c.status = 'batched';
+CREATE OR REPLACE VIEW webhook.endpoint_stats AS
+SELECT e.name AS endpoint,
+       count(d.id) FILTER (WHERE m.status IN ('pending', 'delivering')) AS pending,
+       count(d.id) FILTER (WHERE m.status = 'delivered') AS delivered,
+       count(d.id) FILTER (WHERE m.status = 'failed') AS failed,
+       e.consecutive_failures, e.last_success_at, e.last_failure_at
+FROM webhook.endpoint e
+LEFT JOIN webhook.delivery d ON d.endpoint_id = e.id AND d.records IS NULL
+LEFT JOIN webhook.delivery m ON m.id = coalesce(d.batch_id, d.id)
+GROUP BY e.id;
+
 -- Issue 12, endpoints: several live secrets. 0.2.0 kept one previous secret in
 -- webhook.endpoint (previous_secret, previous_secret_expires_at), so a second rotation within
 -- the overlap cut the first secret off early; now every rotated-out secret signs until its own
@@ -131,7 +206,7 @@ WHERE e.previous_secret IS NOT NULL AND e.previous_secret_expires_at > now()
 DROP VIEW webhook.endpoints;
 ALTER TABLE webhook.endpoint DROP COLUMN previous_secret, DROP COLUMN previous_secret_expires_at;
 CREATE VIEW webhook.endpoints AS
-SELECT e.name, e.url, e.method, e.headers, e.description, e.format, e.enabled,
+SELECT e.name, e.url, e.method, e.headers, e.description, e.format, e.batch_size, e.enabled,
        p.until IS NOT NULL AS rotation_overlap, p.until AS rotation_overlap_until, e.created_at
 FROM webhook.endpoint e
 CROSS JOIN LATERAL (SELECT max(p.expires_at) AS until FROM webhook.previous_secret p
@@ -139,7 +214,7 @@ CROSS JOIN LATERAL (SELECT max(p.expires_at) AS until FROM webhook.previous_secr
 REVOKE ALL ON webhook.endpoints FROM PUBLIC;
 GRANT SELECT ON webhook.endpoints TO webhook_admin;
 
--- create_endpoint takes a secret, rotate_secret too, drop_endpoint force. New argument lists
+-- create_endpoint takes batch_size and a secret, rotate_secret a secret, drop_endpoint force. New argument lists
 -- are new functions: the old ones go. Their C symbols are new as well (..._0_3_wrapper); the
 -- library keeps the old symbols for the old definitions, which a server runs between
 -- installing this build and ALTER EXTENSION webhook UPDATE.
@@ -151,14 +226,15 @@ CREATE FUNCTION webhook.create_endpoint(
 	"headers" jsonb DEFAULT '{}',
 	"description" TEXT DEFAULT NULL,
 	"format" TEXT DEFAULT 'rownd',
+	"batch_size" INT DEFAULT NULL,
 	"secret" TEXT DEFAULT NULL
 ) RETURNS TEXT
 VOLATILE SECURITY DEFINER
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'create_endpoint_0_3_wrapper';
-REVOKE ALL ON FUNCTION webhook.create_endpoint(text, text, text, jsonb, text, text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION webhook.create_endpoint(text, text, text, jsonb, text, text, text) TO webhook_admin;
+REVOKE ALL ON FUNCTION webhook.create_endpoint(text, text, text, jsonb, text, text, int, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook.create_endpoint(text, text, text, jsonb, text, text, int, text) TO webhook_admin;
 
 DROP FUNCTION webhook.rotate_secret(text);
 CREATE FUNCTION webhook.rotate_secret(

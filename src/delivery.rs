@@ -13,14 +13,17 @@ pub enum Status {
     Delivered,
     /// Dead letter: kept until redelivered or purged.
     Failed,
+    /// A census change in a message: its state is the message row's (`batch_id`).
+    Batched,
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [
+    pub const ALL: [Status; 5] = [
         Status::Pending,
         Status::Delivering,
         Status::Delivered,
         Status::Failed,
+        Status::Batched,
     ];
 
     pub const fn as_sql(self) -> &'static str {
@@ -29,6 +32,7 @@ impl Status {
             Status::Delivering => "delivering",
             Status::Delivered => "delivered",
             Status::Failed => "failed",
+            Status::Batched => "batched",
         }
     }
 
@@ -43,18 +47,26 @@ impl Status {
 }
 
 /// SQL that deletes the deliveries whose ids `selection` (a query of one `bigint` column)
-/// returns, with their attempts, and counts the deliveries deleted. Retention, `purge` and
-/// `drop_endpoint` all delete through it. Rows are reached by primary key only (`= ANY`), so
-/// the plan does not depend on the queue's statistics (see worker::claim::PLANNER_SETTINGS).
+/// returns, with their attempts and, for a census message, the changes it carries; it counts
+/// the changes deleted (a message row is not one). Retention, `purge` and `drop_endpoint` all
+/// delete through it. Rows are reached by primary key (`= ANY`) and a message's changes through
+/// `delivery_batch` (`batch_id = ANY`), so the plan does not depend on the queue's statistics
+/// (see worker::claim::PLANNER_SETTINGS). A change that `selection` names and whose message it
+/// names too is deleted once: PostgreSQL skips a row the same statement already deleted.
 pub fn delete_sql(selection: &str) -> String {
     format!(
         "WITH gone AS (
     DELETE FROM webhook.delivery WHERE id = ANY (ARRAY({selection}))
+    RETURNING id, records
+), carried AS (
+    DELETE FROM webhook.delivery
+    WHERE status = 'batched'
+      AND batch_id = ANY (ARRAY(SELECT id FROM gone WHERE records IS NOT NULL))
     RETURNING id
 ), attempts AS (
     DELETE FROM webhook.attempt WHERE delivery_id = ANY (ARRAY(SELECT id FROM gone))
 )
-SELECT count(*) FROM gone"
+SELECT (SELECT count(*) FROM gone WHERE records IS NULL) + (SELECT count(*) FROM carried)"
     )
 }
 

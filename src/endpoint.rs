@@ -1,4 +1,4 @@
-//! Endpoint settings validation: URL, method, headers, payload format. Pure Rust.
+//! Endpoint settings validation: URL, method, headers, payload format, batch size. Pure Rust.
 
 use crate::error::{Result, WebhookError};
 use serde_json::Value;
@@ -21,6 +21,60 @@ impl Format {
             ))),
         }
     }
+
+    pub fn as_sql(self) -> &'static str {
+        match self {
+            Format::Rownd => "rownd",
+            Format::Census => "census",
+        }
+    }
+
+    /// Records per request when the endpoint does not say (SPEC §2).
+    pub fn default_batch_size(self) -> i32 {
+        match self {
+            Format::Rownd => 1,
+            Format::Census => CENSUS_DEFAULT_BATCH_SIZE,
+        }
+    }
+
+    /// The batch sizes this format accepts, as an inclusive range.
+    fn batch_sizes(self) -> (i32, i32) {
+        match self {
+            Format::Rownd => (1, 1),
+            Format::Census => (1, MAX_BATCH_SIZE),
+        }
+    }
+}
+
+pub const CENSUS_DEFAULT_BATCH_SIZE: i32 = 100;
+pub const MAX_BATCH_SIZE: i32 = 1000;
+
+/// The batch size an endpoint gets: the one asked for, if its format accepts it; else the one
+/// it has (`current`: its format and batch size before the change), unless its format changes,
+/// which resets the batch size to the new format's default.
+pub fn resolve_batch_size(
+    format: Format,
+    requested: Option<i32>,
+    current: Option<(Format, i32)>,
+) -> Result<i32> {
+    let Some(n) = requested else {
+        return Ok(match current {
+            Some((was, n)) if was == format => n,
+            _ => format.default_batch_size(),
+        });
+    };
+    let (low, high) = format.batch_sizes();
+    if (low..=high).contains(&n) {
+        return Ok(n);
+    }
+    Err(WebhookError::invalid(match format {
+        Format::Rownd => format!(
+            "batch_size {n} is not accepted by a rownd endpoint: rownd sends one change per request, so batch_size must be 1 (or NULL)"
+        ),
+        Format::Census => format!(
+            "batch_size {n} is out of range: census endpoints accept {low} to {high} records per request (NULL: {CENSUS_DEFAULT_BATCH_SIZE})"
+        ),
+    }))
 }
 
 /// Headers the extension sets itself; an endpoint may not override them.
@@ -194,6 +248,48 @@ mod tests {
         assert!(validate_headers(&json!({"X-A": "x\r\nInjected: 1"})).is_err());
         assert!(validate_headers(&json!({"X-Signature": "forged"})).is_err());
         assert!(validate_headers(&json!({"webhook-id": "forged"})).is_err());
+    }
+
+    #[test]
+    fn batch_sizes() {
+        use Format::*;
+        assert_eq!(resolve_batch_size(Census, None, None).unwrap(), 100);
+        assert_eq!(resolve_batch_size(Rownd, None, None).unwrap(), 1);
+        assert_eq!(resolve_batch_size(Census, Some(1000), None).unwrap(), 1000);
+        assert_eq!(resolve_batch_size(Census, Some(1), None).unwrap(), 1);
+        assert_eq!(resolve_batch_size(Rownd, Some(1), None).unwrap(), 1);
+        // Unchanged format keeps its size; a switch resets it; an explicit size wins.
+        assert_eq!(
+            resolve_batch_size(Census, None, Some((Census, 7))).unwrap(),
+            7
+        );
+        assert_eq!(
+            resolve_batch_size(Rownd, None, Some((Census, 7))).unwrap(),
+            1
+        );
+        assert_eq!(
+            resolve_batch_size(Census, None, Some((Rownd, 1))).unwrap(),
+            100
+        );
+        assert_eq!(
+            resolve_batch_size(Census, Some(5), Some((Rownd, 1))).unwrap(),
+            5
+        );
+        for (format, bad, accepted) in [
+            (Census, 0, "1 to 1000"),
+            (Census, 1001, "1 to 1000"),
+            (Census, -3, "1 to 1000"),
+            (Rownd, 2, "must be 1"),
+            (Rownd, 0, "must be 1"),
+        ] {
+            let err = resolve_batch_size(format, Some(bad), None).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("batch_size {bad} ")) && text.contains(accepted),
+                "{text}"
+            );
+            assert!(matches!(err, WebhookError::InvalidValue(_)));
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod error;
 mod guc;
 mod http;
 mod log;
+mod message;
 mod network;
 mod schedule;
 mod shmem;

@@ -10,18 +10,27 @@ use pgrx::prelude::*;
 const REQUEUE: &str = "status = 'pending', next_attempt_at = now(), cycle_start = attempts";
 
 /// Queue a delivered or failed delivery again, with a fresh retry cycle and the same webhook-id.
+/// A census change is sent in its message: the whole message goes again, byte for byte.
 #[pg_extern(security_definer, volatile)]
 #[search_path(pg_catalog, pg_temp)]
 fn redeliver(delivery_id: Option<i64>) {
     let run = || -> Result<()> {
         let id = required(delivery_id, "delivery_id")?;
         Spi::connect_mut(|client| -> Result<()> {
-            let status: Option<String> = first_value(client.update(
-                "SELECT status FROM webhook.delivery WHERE id = $1 FOR UPDATE",
+            let rows = client.update(
+                "SELECT m.id, m.status FROM webhook.delivery d
+                 JOIN webhook.delivery m ON m.id = coalesce(d.batch_id, d.id)
+                 WHERE d.id = $1 FOR UPDATE OF m",
                 None,
                 &[id.into()],
-            )?)?;
-            let status = status.ok_or(WebhookError::UnknownDelivery(id))?;
+            )?;
+            if rows.is_empty() {
+                return Err(WebhookError::UnknownDelivery(id));
+            }
+            let (message, status) = rows.first().get_two::<i64, String>()?;
+            let (Some(message), Some(status)) = (message, status) else {
+                return Err(WebhookError::UnknownDelivery(id));
+            };
             match Status::from_sql(&status) {
                 Some(s) if s.is_final() => {}
                 _ => {
@@ -33,7 +42,7 @@ fn redeliver(delivery_id: Option<i64>) {
             client.update(
                 &format!("UPDATE webhook.delivery SET {REQUEUE} WHERE id = $1"),
                 None,
-                &[id.into()],
+                &[message.into()],
             )?;
             Ok(())
         })?;
@@ -43,7 +52,8 @@ fn redeliver(delivery_id: Option<i64>) {
     run().or_raise()
 }
 
-/// Queue every failed delivery of an endpoint again; returns how many.
+/// Queue every failed delivery of an endpoint again; returns how many changes (a census message
+/// counts its records).
 #[pg_extern(security_definer, volatile)]
 #[search_path(pg_catalog, pg_temp)]
 fn redeliver_failed(endpoint: Option<&str>) -> i64 {
@@ -53,13 +63,15 @@ fn redeliver_failed(endpoint: Option<&str>) -> i64 {
             let id = endpoint_id(client, endpoint)?;
             let rows = client.update(
                 &format!(
-                    "UPDATE webhook.delivery SET {REQUEUE}
-                     WHERE endpoint_id = $1 AND status = $2 RETURNING id"
+                    "WITH requeued AS (
+                         UPDATE webhook.delivery SET {REQUEUE}
+                         WHERE endpoint_id = $1 AND status = $2 RETURNING records)
+                     SELECT coalesce(sum(coalesce(records, 1)), 0)::int8 FROM requeued"
                 ),
                 None,
                 &[id.into(), Status::Failed.as_sql().into()],
             )?;
-            Ok(rows.len() as i64)
+            Ok(first_value(rows)?.unwrap_or(0))
         })?;
         shmem::wake_workers_at_commit();
         Ok(count)

@@ -25,17 +25,34 @@ fn invalidate_endpoint_caches(client: &SpiClient) -> Result<()> {
     Ok(())
 }
 
+/// Whether webhook.endpoint has batch_size: not until `ALTER EXTENSION webhook UPDATE` to 0.3.0,
+/// while the old SQL definitions call in through api::compat.
+fn has_batch_size(client: &SpiClient) -> Result<bool> {
+    Ok(client
+        .select(
+            "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'webhook.endpoint'::regclass
+                            AND attname = 'batch_size' AND NOT attisdropped)",
+            None,
+            &[],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false))
+}
+
 /// Register a destination; returns its signing secret (the one given, or a new one), which is
-/// shown only this once. (The C symbol is versioned: see `create_endpoint` below.)
+/// shown only this once. (`_0_3`: the C symbol of this signature; see api::compat.)
 #[pg_extern(name = "create_endpoint", security_definer, volatile)]
 #[search_path(pg_catalog, pg_temp)]
-fn create_endpoint_0_3(
+#[allow(clippy::too_many_arguments)] // one per setting, as SQL callers name them
+pub(super) fn create_endpoint_0_3(
     name: Option<&str>,
     url: Option<&str>,
     method: default!(Option<&str>, "'POST'"),
     headers: default!(Option<JsonB>, "'{}'"),
     description: default!(Option<&str>, "NULL"),
     format: default!(Option<&str>, "'rownd'"),
+    batch_size: default!(Option<i32>, "NULL"),
     secret: default!(Option<&str>, "NULL"),
 ) -> String {
     let _hidden = secret.map(|_| statement_hidden_from_log());
@@ -46,7 +63,7 @@ fn create_endpoint_0_3(
         let headers = required(headers, "headers")?.0;
         endpoint::validate_headers(&headers)?;
         let format = required(format, "format")?;
-        Format::parse(format)?;
+        let batch_size = endpoint::resolve_batch_size(Format::parse(format)?, batch_size, None)?;
         let secret = match secret {
             Some(given) => sign::validate_secret(given)?,
             None => sign::new_secret(),
@@ -55,21 +72,29 @@ fn create_endpoint_0_3(
             if endpoint_id(client, &name).is_ok() {
                 return Err(WebhookError::DuplicateEndpoint(name.clone()));
             }
-            client
-                .update(
-                    "INSERT INTO webhook.endpoint (name, url, method, headers, description, format, secret)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    None,
-                    &[
-                        name.as_str().into(),
-                        url.as_str().into(),
-                        method.as_str().into(),
-                        JsonB(headers).into(),
-                        description.into(),
-                        format.into(),
-                        secret.as_str().into(),
-                    ],
-                )?;
+            let insert = if has_batch_size(client)? {
+                "INSERT INTO webhook.endpoint (name, url, method, headers, description, format, secret,
+                                               batch_size)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            } else {
+                // ($8 unused: a declared parameter need not appear.)
+                "INSERT INTO webhook.endpoint (name, url, method, headers, description, format, secret)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            };
+            client.update(
+                insert,
+                None,
+                &[
+                    name.as_str().into(),
+                    url.as_str().into(),
+                    method.as_str().into(),
+                    JsonB(headers).into(),
+                    description.into(),
+                    format.into(),
+                    secret.as_str().into(),
+                    batch_size.into(),
+                ],
+            )?;
             Ok(())
         })?;
         Ok(secret)
@@ -77,24 +102,12 @@ fn create_endpoint_0_3(
     run().or_raise()
 }
 
-/// The 0.1.0 and 0.2.0 definition of create_endpoint (no `secret`) calls this symbol until
-/// `ALTER EXTENSION webhook UPDATE` replaces it: a new library must serve the old SQL too.
-#[pg_extern(sql = false)]
-fn create_endpoint(
-    name: Option<&str>,
-    url: Option<&str>,
-    method: Option<&str>,
-    headers: Option<JsonB>,
-    description: Option<&str>,
-    format: Option<&str>,
-) -> String {
-    create_endpoint_0_3(name, url, method, headers, description, format, None)
-}
-
-/// Change an endpoint's settings; NULL leaves a setting as it is.
-#[pg_extern(security_definer, volatile)]
+/// Change an endpoint's settings; NULL leaves a setting as it is, except that a change of
+/// format resets an unspecified batch_size to the new format's default.
+#[pg_extern(name = "alter_endpoint", security_definer, volatile)]
 #[search_path(pg_catalog, pg_temp)]
-fn alter_endpoint(
+#[allow(clippy::too_many_arguments)] // one per setting, as SQL callers name them
+pub(super) fn alter_endpoint_0_3(
     name: Option<&str>,
     url: default!(Option<&str>, "NULL"),
     method: default!(Option<&str>, "NULL"),
@@ -102,6 +115,7 @@ fn alter_endpoint(
     description: default!(Option<&str>, "NULL"),
     enabled: default!(Option<bool>, "NULL"),
     format: default!(Option<&str>, "NULL"),
+    batch_size: default!(Option<i32>, "NULL"),
 ) {
     let run = || -> Result<()> {
         let name = required(name, "name")?;
@@ -110,17 +124,41 @@ fn alter_endpoint(
         if let Some(h) = &headers {
             endpoint::validate_headers(&h.0)?;
         }
-        if let Some(f) = format {
-            Format::parse(f)?;
-        }
+        let format = format.map(Format::parse).transpose()?;
         Spi::connect_mut(|client| -> Result<()> {
             let id = endpoint_id(client, name)?;
+            let batch_sizes = has_batch_size(client)?;
+            let (current, current_batch) = client
+                .update(
+                    if batch_sizes {
+                        "SELECT format, batch_size FROM webhook.endpoint WHERE id = $1 FOR UPDATE"
+                    } else {
+                        "SELECT format, 1 AS batch_size FROM webhook.endpoint WHERE id = $1 FOR UPDATE"
+                    },
+                    None,
+                    &[id.into()],
+                )?
+                .first()
+                .get_two::<String, i32>()?;
+            let current = match (current, current_batch) {
+                (Some(f), Some(n)) => Some((Format::parse(&f)?, n)),
+                _ => None,
+            };
+            let format = format.or(current.map(|(f, _)| f)).unwrap_or(Format::Rownd);
+            let batch_size = endpoint::resolve_batch_size(format, batch_size, current)?;
             client
                 .update(
-                    "UPDATE webhook.endpoint SET url = coalesce($2, url), method = coalesce($3, method),
-                        headers = coalesce($4, headers), description = coalesce($5, description),
-                        enabled = coalesce($6, enabled), format = coalesce($7, format)
-                     WHERE id = $1",
+                    if batch_sizes {
+                        "UPDATE webhook.endpoint SET url = coalesce($2, url), method = coalesce($3, method),
+                            headers = coalesce($4, headers), description = coalesce($5, description),
+                            enabled = coalesce($6, enabled), format = $7, batch_size = $8
+                         WHERE id = $1"
+                    } else {
+                        "UPDATE webhook.endpoint SET url = coalesce($2, url), method = coalesce($3, method),
+                            headers = coalesce($4, headers), description = coalesce($5, description),
+                            enabled = coalesce($6, enabled), format = $7
+                         WHERE id = $1"
+                    },
                     None,
                     &[
                         id.into(),
@@ -129,7 +167,8 @@ fn alter_endpoint(
                         headers.into(),
                         description.into(),
                         enabled.into(),
-                        format.into(),
+                        format.as_sql().into(),
+                        batch_size.into(),
                     ],
                 )?;
             invalidate_endpoint_caches(client)?;

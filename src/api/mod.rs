@@ -2,6 +2,7 @@
 //! owner (SECURITY DEFINER, search_path pinned) and validates every argument before changing
 //! anything.
 
+mod compat;
 mod deliveries;
 mod endpoints;
 mod subscriptions;

@@ -26,6 +26,8 @@ pub struct NewDelivery<'a> {
     pub table_name: &'a str,
     pub operation: &'a str,
     pub payload: &'a str,
+    /// The webhook-id; None for a census change, which gets its message's when batched.
+    pub message_id: Option<&'a str>,
 }
 
 /// Where each column this module fills sits in the queue table's tuple (0-based).
@@ -44,10 +46,16 @@ struct Layout {
     cycle_start: usize,
     next_attempt_at: usize,
     created_at: usize,
+    /// Absent while the extension is not updated to 0.3.0 (the library is newer than the
+    /// schema until `ALTER EXTENSION webhook UPDATE`).
+    message_id: Option<usize>,
 }
 
 /// Columns left NULL in a new delivery.
 const NULL_COLUMNS: [&str; 3] = ["last_status_code", "last_error", "delivered_at"];
+/// Columns 0.3.0 added and a new delivery leaves NULL (batch_id and records are set by the
+/// worker when it batches census changes, sync_run_id by a sync run); absent before the update.
+const NEW_NULL_COLUMNS: [&str; 3] = ["batch_id", "records", "sync_run_id"];
 
 /// An index of the queue table, as new deliveries need it.
 struct IndexSpec {
@@ -206,6 +214,12 @@ unsafe fn layout(rel: pg_sys::Relation) -> Rc<Layout> {
             positions.insert(name, i);
         }
     }
+    // Columns 0.3.0 added may be missing (the library is newer than the schema until
+    // `ALTER EXTENSION webhook UPDATE`); every other column must be there.
+    let message_id = positions.remove("message_id");
+    for name in NEW_NULL_COLUMNS {
+        positions.remove(name);
+    }
     let mut take = |name: &str| {
         positions
             .remove(name)
@@ -225,6 +239,7 @@ unsafe fn layout(rel: pg_sys::Relation) -> Rc<Layout> {
         cycle_start: take("cycle_start"),
         next_attempt_at: take("next_attempt_at"),
         created_at: take("created_at"),
+        message_id,
     };
     for name in NULL_COLUMNS {
         take(name);
@@ -381,6 +396,11 @@ fn row_values(layout: &Layout, delivery: &NewDelivery) -> (Vec<pg_sys::Datum>, V
     set(layout.cycle_start, 0i32.into());
     set(layout.next_attempt_at, now.into());
     set(layout.created_at, now.into());
+    match (delivery.message_id, layout.message_id) {
+        (Some(m), Some(column)) => set(column, text_datum(m)),
+        (Some(_), None) => internal("webhook.delivery has no column \"message_id\"".into()),
+        (None, _) => {}
+    }
     (values, nulls)
 }
 

@@ -13,8 +13,8 @@ pub mod table;
 use crate::endpoint::Format;
 use crate::error::Result as WebhookResult;
 use crate::error::{not_null, OrRaise, WebhookError};
-use crate::shmem;
 use crate::subscription::{Events, Options, Shape, TableShape};
+use crate::{message, shmem};
 use enqueue::NewDelivery;
 use payload::{Change, Meta, Op, Row};
 use pgrx::prelude::*;
@@ -50,6 +50,9 @@ struct Plan {
     queue_owner: pg_sys::Oid,
     queue: pg_sys::Oid,
     sequence: pg_sys::Oid,
+    /// Whether the queue has message ids (0.3.0); until `ALTER EXTENSION webhook UPDATE` a
+    /// rownd change's message id is its delivery id, as before.
+    message_ids: bool,
 }
 
 thread_local! {
@@ -97,6 +100,9 @@ const OWNER_SQL: &str =
 const QUEUE_SQL: &str = "SELECT 'webhook.delivery'::pg_catalog.regclass::pg_catalog.oid,
     'webhook.delivery_id_seq'::pg_catalog.regclass::pg_catalog.oid,
     'webhook.endpoint'::pg_catalog.regclass::pg_catalog.oid";
+const MESSAGE_IDS_SQL: &str = "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid OPERATOR(pg_catalog.=) 'webhook.delivery'::pg_catalog.regclass
+      AND a.attname OPERATOR(pg_catalog.=) 'message_id' AND NOT a.attisdropped)";
 
 /// Plans are dropped whenever PostgreSQL invalidates the watched table's relcache entry (its
 /// columns or triggers changed, or the API changed one of its subscriptions), and all of them
@@ -295,12 +301,18 @@ fn build_plan(
                 .iter()
                 .map(|name| target(c, trigger_name, &table, relid, desc, name, &targets_sql))
                 .collect::<WebhookResult<Vec<_>>>()?;
+            let message_ids = c
+                .select(MESSAGE_IDS_SQL, None, &[])?
+                .first()
+                .get_one::<bool>()?
+                .unwrap_or(false);
             Ok(Plan {
                 relid,
                 targets,
                 // SAFETY: the relation's own row type.
                 to_jsonb: unsafe { ToJsonb::new(row_type) },
                 queue_owner,
+                message_ids,
                 queue: queue.ok_or_else(missing)?,
                 sequence: sequence.ok_or_else(missing)?,
                 table,
@@ -524,9 +536,15 @@ fn capture<'a>(
             )
         })
         .unwrap_or_else(|| WebhookError::Internal("nextval returned NULL".into()).raise());
-        let id_text = id.to_string();
+        // A rownd change is its own message; census changes get theirs when the worker batches
+        // them (crate::message).
+        let message_id = match target.format {
+            Format::Rownd if plan.message_ids => Some(message::new_id()),
+            Format::Rownd => Some(id.to_string()),
+            Format::Census => None,
+        };
         let meta = Meta {
-            id: &id_text,
+            id: message_id.as_deref().unwrap_or_default(),
             occurred_at: &occurred_at,
         };
         let body = match target.format {
@@ -549,6 +567,7 @@ fn capture<'a>(
                 table_name: &plan.table.qualified_name,
                 operation: payload::operation(&target.shape, &change),
                 payload: &body,
+                message_id: message_id.as_deref().filter(|_| plan.message_ids),
             },
         );
         wake |= target.enabled;

@@ -40,6 +40,41 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_rownd_change_carries_its_message_id_a_census_change_waits_for_its_message() {
+        setup_users();
+        Spi::run(
+            "SELECT webhook.create_endpoint('census', 'http://127.0.0.1:9/c', format => 'census');
+             SELECT webhook.watch('users', 'ep');
+             SELECT webhook.watch('users', 'census');
+             INSERT INTO users SELECT g, 'a@b.c', 'Ann', '{}' FROM generate_series(1, 3) g;",
+        )
+        .unwrap();
+        let rownd: Vec<(String, String)> = Spi::connect(|c| {
+            c.select(
+                "SELECT d.message_id, d.payload::jsonb #>> '{meta,id}' FROM webhook.delivery d
+                 JOIN webhook.endpoint e ON e.id = d.endpoint_id WHERE e.name = 'ep' ORDER BY d.id",
+                None,
+                &[],
+            )
+            .unwrap()
+            .map(|r| (r.get(1).unwrap().unwrap(), r.get(2).unwrap().unwrap()))
+            .collect()
+        });
+        assert_eq!(rownd.len(), 3);
+        for (column, meta) in &rownd {
+            assert_eq!(column, meta);
+            assert!(column.starts_with("msg_"), "{column}");
+        }
+        assert!(rownd[0].0 != rownd[1].0 && rownd[1].0 != rownd[2].0);
+        let census_ids = Spi::get_one::<i64>(
+            "SELECT count(*) FROM webhook.delivery d JOIN webhook.endpoint e ON e.id = d.endpoint_id
+             WHERE e.name = 'census' AND d.message_id IS NULL AND d.status = 'pending'",
+        )
+        .unwrap();
+        assert_eq!(census_ids, Some(3));
+    }
+
+    #[pg_test]
     fn events_and_columns_choose_what_is_queued() {
         setup_users();
         Spi::run(

@@ -6,7 +6,7 @@ use super::sender::{Job, Outcome};
 use crate::delivery::{self, Status};
 use crate::error::{not_null, Result};
 use crate::http::{Destination, DESTINATION_COLUMNS};
-use crate::schedule;
+use crate::{message, schedule};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
@@ -44,45 +44,95 @@ pub fn configure_session() -> Result<()> {
 }
 
 const CLAIM_SQL: &str = "
-WITH due AS (
-    -- Per enabled endpoint, through delivery_due: a disabled endpoint's backlog is never scanned,
-    -- and no endpoint gets more than $3 requests in flight ($4/$5: what each already has).
-    -- Each endpoint's scan starts after its cursor ($6/$7/$8: the last row claimed), so it does
-    -- not walk the index entries that claimed and delivered rows leave behind until VACUUM.
-    SELECT d.id, d.status, d.attempts, d.next_attempt_at
+WITH endpoints AS (
+    -- Enabled endpoints, each with how many requests it may start (no endpoint gets more than
+    -- $3 in flight; $4/$5: what each already has) and its cursor ($6/$7/$8: the last row it
+    -- claimed).
+    SELECT e.id, e.batch_size, c.after_at, c.after_id,
+           greatest(0, least($1, $3 - coalesce(b.n, 0))) AS allowance
     FROM webhook.endpoint e
+    LEFT JOIN unnest($4::int8[], $5::int4[]) AS b(endpoint_id, n) ON b.endpoint_id = e.id
     LEFT JOIN unnest($6::int8[], $7::timestamptz[], $8::int8[]) AS c(endpoint_id, after_at, after_id)
            ON c.endpoint_id = e.id
+    WHERE e.enabled
+), due AS (
+    -- Per endpoint, through delivery_due: a disabled endpoint's backlog is never scanned. Each
+    -- scan starts after its endpoint's cursor, so it does not walk the index entries that claimed
+    -- and delivered rows leave behind until VACUUM. A census endpoint reads batch_size rows for
+    -- each request it may start.
+    SELECT d.*, e.allowance, e.batch_size
+    FROM endpoints e
     CROSS JOIN LATERAL (
-        SELECT d.id, d.status, d.attempts, d.next_attempt_at FROM webhook.delivery d
+        SELECT d.id, d.endpoint_id, d.status, d.attempts, d.cycle_start, d.next_attempt_at,
+               d.message_id, d.subscription_id, d.table_name, d.sync_run_id, d.payload
+        FROM webhook.delivery d
         WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'delivering')
           AND d.next_attempt_at <= now()
-          AND (d.next_attempt_at, d.id) > (coalesce(c.after_at, '-infinity'), coalesce(c.after_id, 0))
+          AND (d.next_attempt_at, d.id) > (coalesce(e.after_at, '-infinity'), coalesce(e.after_id, 0))
         ORDER BY d.next_attempt_at, d.id
-        LIMIT greatest(0, least($1, $3 - coalesce(
-            (SELECT b.n FROM unnest($4::int8[], $5::int4[]) AS b(id, n) WHERE b.id = e.id), 0)))
+        LIMIT e.allowance * e.batch_size
         FOR UPDATE SKIP LOCKED
     ) d
-    WHERE e.enabled
-    ORDER BY d.next_attempt_at, d.id
-    LIMIT $1
+), per_endpoint AS (
+    -- Counted in requests: a row that is a message already (a rownd change, a census message
+    -- being retried) is one; a census change still to be batched is 1/batch_size of one.
+    SELECT due.*, sum(CASE WHEN due.message_id IS NULL THEN 1.0 / due.batch_size ELSE 1 END)
+                  OVER (PARTITION BY due.endpoint_id ORDER BY due.next_attempt_at, due.id) AS requests
+    FROM due
+), overall AS (
+    SELECT p.*, sum(CASE WHEN p.message_id IS NULL THEN 1.0 / p.batch_size ELSE 1 END)
+                OVER (ORDER BY p.next_attempt_at, p.id) AS total
+    FROM per_endpoint p WHERE p.requests <= p.allowance
+), taken AS (
+    -- Oldest due first, at most $1 requests in all.
+    SELECT o.* FROM overall o WHERE o.total <= $1
 ), claimed AS (
-    -- By primary key: rows `due` locked cannot change before this update.
+    -- Messages are sent as they are. By primary key: rows `due` locked cannot change before
+    -- this update. Census changes are batched by the worker (FORM_SQL), in this transaction.
     UPDATE webhook.delivery d
     SET status = 'delivering', attempts = d.attempts + 1,
         next_attempt_at = now() + $2 * interval '1 millisecond'
-    WHERE d.id = ANY (ARRAY(SELECT due.id FROM due))
-    RETURNING d.id, d.endpoint_id, d.attempts, d.cycle_start, d.payload
+    WHERE d.id = ANY (ARRAY(SELECT t.id FROM taken t WHERE t.message_id IS NOT NULL))
+    RETURNING d.id, d.attempts
 ), lost AS (
     -- A row still `delivering` had its lease expire: its attempt never got an outcome.
     INSERT INTO webhook.attempt (delivery_id, attempt, started_at, error)
     SELECT id, attempts, now(),
            'no outcome recorded: the worker stopped during this attempt and its lease expired'
-    FROM due WHERE status = 'delivering'
+    FROM taken WHERE status = 'delivering' AND message_id IS NOT NULL
     ON CONFLICT DO NOTHING
 )
-SELECT c.id, c.endpoint_id, c.attempts, c.cycle_start, c.payload, due.next_attempt_at AS was_due
-FROM claimed c JOIN due ON due.id = c.id";
+SELECT t.id, t.endpoint_id, t.message_id, coalesce(c.attempts, t.attempts) AS attempts,
+       t.cycle_start, t.payload, t.subscription_id, t.table_name, t.sync_run_id, t.batch_size,
+       t.next_attempt_at AS was_due
+FROM taken t LEFT JOIN claimed c ON c.id = t.id
+ORDER BY t.next_attempt_at, t.id";
+
+// Census changes the claim locked become messages: one new row per message (in `delivering`,
+// attempted once, leased: it is sent now), carrying its body and webhook-id, and its changes
+// `batched` into it. The changes are reached by primary key ($10: every member, in message
+// order; $8/$9: where each message's members start, 1-based, and how many there are).
+const FORM_SQL: &str = "
+WITH b AS (
+    SELECT nextval('webhook.delivery_id_seq') AS id, b.*
+    FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::int8[], $8::int4[], $9::int4[])
+        WITH ORDINALITY AS b(endpoint_id, subscription_id, table_name, operation, message_id,
+                             payload, sync_run_id, first_member, records, n)
+), messages AS (
+    INSERT INTO webhook.delivery (id, endpoint_id, subscription_id, table_name, operation, payload,
+                                  status, attempts, next_attempt_at, message_id, records,
+                                  sync_run_id)
+    SELECT b.id, b.endpoint_id, b.subscription_id, b.table_name, b.operation, b.payload,
+           'delivering', 1, now() + $11 * interval '1 millisecond', b.message_id, b.records,
+           b.sync_run_id
+    FROM b
+), members AS (
+    UPDATE webhook.delivery d SET status = 'batched', batch_id = b.id, message_id = b.message_id
+    FROM b
+    WHERE d.id = ANY ($10) AND d.id = ANY ($10[b.first_member:b.first_member + b.records - 1])
+)
+SELECT b.id FROM b ORDER BY b.n";
 
 // The queue is reached by primary key only (`id = ANY($1)`, see PLANNER_SETTINGS). An outcome
 // updates its delivery only while the delivery is still on the outcome's attempt: every claim
@@ -189,6 +239,22 @@ const HEALTH: Statement = (
     HEALTH_SQL,
     &[INT8ARRAYOID, BOOLARRAYOID, INT4ARRAYOID, BOOLARRAYOID],
 );
+const FORM: Statement = (
+    FORM_SQL,
+    &[
+        INT8ARRAYOID,
+        INT8ARRAYOID,
+        TEXTARRAYOID,
+        TEXTARRAYOID,
+        TEXTARRAYOID,
+        TEXTARRAYOID,
+        INT8ARRAYOID,
+        INT4ARRAYOID,
+        INT4ARRAYOID,
+        INT8ARRAYOID,
+        FLOAT8OID,
+    ],
+);
 const NEXT_DUE: Statement = (NEXT_DUE_SQL, &[]);
 fn destinations() -> Statement {
     (DESTINATIONS_SQL.as_str(), &[INT8ARRAYOID])
@@ -201,6 +267,7 @@ fn retention() -> Statement {
 /// times a second under load; planning it each time cost more than running it).
 struct Statements {
     claim: OwnedPreparedStatement,
+    form: OwnedPreparedStatement,
     destinations: OwnedPreparedStatement,
     record: OwnedPreparedStatement,
     health: OwnedPreparedStatement,
@@ -228,6 +295,7 @@ fn statements() -> Result<Rc<Statements>> {
         };
         Ok(Statements {
             claim: write(CLAIM)?,
+            form: write(FORM)?,
             destinations: read(destinations())?,
             record: write(RECORD)?,
             health: write(HEALTH)?,
@@ -305,16 +373,184 @@ impl Cursors {
     }
 }
 
-/// One claimed row, before its destination is known.
+/// One row the claim returned: a message to send (`message_id` set; claimed), or a census
+/// change to batch (locked, not yet changed).
 struct Claimed {
     id: i64,
     endpoint_id: i64,
+    message_id: Option<String>,
     attempts: i32,
     cycle_start: i32,
     payload: String,
+    subscription_id: Option<i64>,
+    table_name: Option<String>,
+    sync_run_id: Option<i64>,
+    batch_size: i32,
+    was_due: TimestampWithTimeZone,
 }
 
-/// Claim up to `limit` due deliveries; each becomes a job leased for `lease`.
+impl Claimed {
+    fn read(row: &pgrx::spi::SpiHeapTupleData) -> Result<Claimed> {
+        Ok(Claimed {
+            id: not_null(row, "id")?,
+            endpoint_id: not_null(row, "endpoint_id")?,
+            message_id: row.get_by_name("message_id")?,
+            attempts: not_null(row, "attempts")?,
+            cycle_start: not_null(row, "cycle_start")?,
+            payload: not_null(row, "payload")?,
+            subscription_id: row.get_by_name("subscription_id")?,
+            table_name: row.get_by_name("table_name")?,
+            sync_run_id: row.get_by_name("sync_run_id")?,
+            batch_size: not_null(row, "batch_size")?,
+            was_due: not_null(row, "was_due")?,
+        })
+    }
+}
+
+/// A job before its destination is known.
+struct Send {
+    delivery_id: i64,
+    endpoint_id: i64,
+    message_id: String,
+    attempt: i32,
+    attempt_in_cycle: i32,
+    body: String,
+}
+
+/// Census messages to form (FORM_SQL's arrays, one entry per message).
+#[derive(Default)]
+struct Batches {
+    endpoint_ids: Vec<i64>,
+    subscription_ids: Vec<Option<i64>>,
+    table_names: Vec<Option<String>>,
+    operations: Vec<String>,
+    message_ids: Vec<String>,
+    bodies: Vec<String>,
+    sync_run_ids: Vec<Option<i64>>,
+    first_members: Vec<i32>,
+    records: Vec<i32>,
+    members: Vec<i64>,
+}
+
+impl Batches {
+    fn add(&mut self, rows: &[Claimed], members: &[usize], message: message::Planned) {
+        let head = &rows[members[0]];
+        self.endpoint_ids.push(head.endpoint_id);
+        self.subscription_ids.push(head.subscription_id);
+        self.table_names.push(head.table_name.clone());
+        self.operations.push(message.operation);
+        self.message_ids.push(message::new_id());
+        self.bodies.push(message.body);
+        self.sync_run_ids.push(head.sync_run_id);
+        self.first_members.push(self.members.len() as i32 + 1);
+        self.records.push(members.len() as i32);
+        self.members.extend(members.iter().map(|&i| rows[i].id));
+    }
+}
+
+/// Group each endpoint's census changes into messages, within what the endpoint and the whole
+/// claim may still start (`free`); marks the rows it batches in `taken`.
+fn plan_batches(
+    rows: &[Claimed],
+    taken: &mut [bool],
+    requests: &mut HashMap<i64, i64>,
+    caps: &Caps,
+    limit: i64,
+    mut free: i64,
+) -> Batches {
+    let mut per_endpoint: Vec<(i64, Vec<usize>)> = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        if row.message_id.is_some() {
+            continue;
+        }
+        match per_endpoint.iter_mut().find(|(e, _)| *e == row.endpoint_id) {
+            Some((_, changes)) => changes.push(i),
+            None => per_endpoint.push((row.endpoint_id, vec![i])),
+        }
+    }
+    let mut batches = Batches::default();
+    for (endpoint, indexes) in per_endpoint {
+        let started = requests.get(&endpoint).copied().unwrap_or(0);
+        let budget = (caps.allowance(endpoint, limit) - started).min(free).max(0);
+        let changes: Vec<message::Change> = indexes
+            .iter()
+            .map(|&i| message::Change {
+                stream: (
+                    rows[i].subscription_id,
+                    rows[i].table_name.as_deref(),
+                    rows[i].sync_run_id,
+                ),
+                id: rows[i].id,
+                payload: &rows[i].payload,
+            })
+            .collect();
+        let batch_size = rows[indexes[0]].batch_size as usize;
+        let planned = message::plan(&changes, batch_size, budget as usize);
+        free -= planned.len() as i64;
+        *requests.entry(endpoint).or_default() += planned.len() as i64;
+        for message in planned {
+            let members: Vec<usize> = message.members.iter().map(|&k| indexes[k]).collect();
+            for &i in &members {
+                taken[i] = true;
+            }
+            batches.add(rows, &members, message);
+        }
+    }
+    batches
+}
+
+fn as_strs(strings: &[String]) -> Vec<&str> {
+    strings.iter().map(String::as_str).collect()
+}
+
+/// Insert the planned census messages and batch their changes; returns the messages' jobs.
+fn form(
+    client: &mut SpiClient,
+    statements: &Statements,
+    batches: Batches,
+    lease: Duration,
+) -> Result<Vec<Send>> {
+    if batches.message_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = client
+        .update(
+            &statements.form,
+            None,
+            &[
+                batches.endpoint_ids.clone().into(),
+                batches.subscription_ids.into(),
+                batches.table_names.into(),
+                batches.operations.into(),
+                as_strs(&batches.message_ids).into(),
+                as_strs(&batches.bodies).into(),
+                batches.sync_run_ids.into(),
+                batches.first_members.into(),
+                batches.records.into(),
+                batches.members.into(),
+                (lease.as_millis() as f64).into(),
+            ],
+        )?
+        .map(|row| not_null(&row, "id"))
+        .collect::<Result<_>>()?;
+    Ok(ids
+        .into_iter()
+        .zip(batches.endpoint_ids)
+        .zip(batches.message_ids.into_iter().zip(batches.bodies))
+        .map(|((delivery_id, endpoint_id), (message_id, body))| Send {
+            delivery_id,
+            endpoint_id,
+            message_id,
+            attempt: 1,
+            attempt_in_cycle: 1,
+            body,
+        })
+        .collect())
+}
+
+/// Claim up to `limit` requests' worth of due deliveries: messages (rownd changes, census
+/// messages due again) as they are, census changes grouped into new messages. Each becomes a
+/// job leased for `lease`.
 pub fn claim(
     limit: i64,
     lease: Duration,
@@ -336,38 +572,60 @@ pub fn claim(
             cursor_at.into(),
             cursor_last.into(),
         ];
-        let mut per_endpoint: HashMap<i64, i64> = HashMap::new();
-        let mut claimed = Vec::new();
-        for row in client.update(&statements.claim, None, &args)? {
-            let c = Claimed {
-                id: not_null(&row, "id")?,
-                endpoint_id: not_null(&row, "endpoint_id")?,
-                attempts: not_null(&row, "attempts")?,
-                cycle_start: not_null(&row, "cycle_start")?,
-                payload: not_null(&row, "payload")?,
-            };
-            *per_endpoint.entry(c.endpoint_id).or_default() += 1;
-            cursors.advance(c.endpoint_id, not_null(&row, "was_due")?, c.id);
-            claimed.push(c);
+        let rows = client
+            .update(&statements.claim, None, &args)?
+            .map(|row| Claimed::read(&row))
+            .collect::<Result<Vec<_>>>()?;
+        // Requests started per endpoint: first the messages the claim took.
+        let mut requests: HashMap<i64, i64> = HashMap::new();
+        let mut taken: Vec<bool> = rows.iter().map(|r| r.message_id.is_some()).collect();
+        let mut sends = Vec::new();
+        for row in rows.iter().filter(|r| r.message_id.is_some()) {
+            *requests.entry(row.endpoint_id).or_default() += 1;
+            sends.push(Send {
+                delivery_id: row.id,
+                endpoint_id: row.endpoint_id,
+                message_id: row.message_id.clone().unwrap_or_default(),
+                attempt: row.attempts,
+                attempt_in_cycle: row.attempts - row.cycle_start,
+                body: row.payload.clone(),
+            });
         }
-        // An endpoint that got fewer rows than it was allowed has nothing more due after its
-        // cursor: its next claim scans from the start.
+        let free = limit - sends.len() as i64;
+        let batches = plan_batches(&rows, &mut taken, &mut requests, caps, limit, free);
+        sends.extend(form(client, &statements, batches, lease)?);
+        // Each endpoint's cursor moves over the rows taken, up to the first one left queued.
+        let mut blocked: Vec<i64> = Vec::new();
+        for (row, taken) in rows.iter().zip(&taken) {
+            if blocked.contains(&row.endpoint_id) {
+                continue;
+            }
+            if *taken {
+                cursors.advance(row.endpoint_id, row.was_due, row.id);
+            } else {
+                blocked.push(row.endpoint_id);
+            }
+        }
+        // An endpoint that started fewer requests than it was allowed has nothing more due
+        // after its cursor: its next claim scans from the start.
         cursors.0.retain(|endpoint, _| {
-            per_endpoint.get(endpoint).copied().unwrap_or(0) >= caps.allowance(*endpoint, limit)
+            requests.get(endpoint).copied().unwrap_or(0) >= caps.allowance(*endpoint, limit)
         });
-        if claimed.is_empty() {
+        if sends.is_empty() {
             return Ok(Vec::new());
         }
-        let destinations = load_destinations(client, &statements, per_endpoint.into_keys())?;
-        Ok(claimed
+        let endpoints: Vec<i64> = requests.keys().copied().collect();
+        let destinations = load_destinations(client, &statements, endpoints.into_iter())?;
+        Ok(sends
             .into_iter()
-            .filter_map(|c| {
+            .filter_map(|s| {
                 Some(Job {
-                    delivery_id: c.id,
-                    attempt: c.attempts,
-                    attempt_in_cycle: c.attempts - c.cycle_start,
-                    destination: destinations.get(&c.endpoint_id)?.clone(),
-                    body: c.payload,
+                    delivery_id: s.delivery_id,
+                    message_id: s.message_id,
+                    attempt: s.attempt,
+                    attempt_in_cycle: s.attempt_in_cycle,
+                    destination: destinations.get(&s.endpoint_id)?.clone(),
+                    body: s.body,
                     timeout,
                 })
             })
@@ -517,6 +775,7 @@ mod tests {
             &[
                 ("delivery_delivered", "delivered_at <"),
                 ("delivery_pkey", "id = ANY"),
+                ("delivery_batch", "batch_id = ANY"),
             ],
         ));
         all
@@ -531,6 +790,7 @@ mod tests {
                 ("delivery_pkey", "id = ANY"),
             ],
         ),
+        ("form", FORM, &[("delivery_pkey", "id = ANY")]),
         ("record", RECORD, &[("delivery_pkey", "id = ANY")]),
         (
             "next_due",
@@ -541,6 +801,9 @@ mod tests {
 
     const FILL_PENDING: &str = "INSERT INTO webhook.delivery (endpoint_id, operation, payload)
         SELECT id, 'data_insert', '{}' FROM webhook.endpoint, generate_series(1, 20000)";
+    const FILL_BATCHED: &str =
+        "INSERT INTO webhook.delivery (endpoint_id, operation, payload, status, batch_id)
+        SELECT id, 'data_insert', '{}', 'batched', g / 100 FROM webhook.endpoint, generate_series(1, 20000) g";
     const FILL_DELIVERED: &str =
         "INSERT INTO webhook.delivery (endpoint_id, operation, payload, status, delivered_at)
         SELECT id, 'data_insert', '{}', 'delivered', now() - interval '30 days'
@@ -624,7 +887,7 @@ mod tests {
             ),
             (
                 "full of delivered rows, analyzed",
-                &[FILL_DELIVERED, "ANALYZE webhook.delivery"],
+                &[FILL_DELIVERED, FILL_BATCHED, "ANALYZE webhook.delivery"],
             ),
             (
                 "mid-burst, analyzed",

@@ -13,6 +13,8 @@ use sender::{Outcome, Pool};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// The extension version whose schema the worker's statements are written for.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Longest sleep when nothing is due; commits wake the worker sooner through its latch.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Sender threads wake the main thread for each outcome; this poll is only a safety net.
@@ -149,7 +151,7 @@ struct Loop {
     policy: http::SharedPolicy,
     /// Requests in flight, per endpoint.
     in_flight: HashMap<i64, usize>,
-    /// Whether the extension exists in this database yet.
+    /// Whether the extension exists in this database yet, at this library's version.
     ready: bool,
     /// The older schema version last warned about.
     warned_version: Option<String>,
@@ -181,13 +183,13 @@ impl Loop {
         let Some(installed) = installed else {
             return false;
         };
-        if installed == env!("CARGO_PKG_VERSION") {
+        if installed == VERSION {
             return true;
         }
         if self.warned_version.as_deref() != Some(installed.as_str()) {
             warning!(
                 "webhook: the extension's schema in this database is version {installed}, this library is {}; deliveries wait until ALTER EXTENSION webhook UPDATE is run",
-                env!("CARGO_PKG_VERSION")
+                VERSION
             );
             self.warned_version = Some(installed);
         }

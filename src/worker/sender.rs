@@ -10,6 +10,8 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct Job {
     pub delivery_id: i64,
+    /// The webhook-id.
+    pub message_id: String,
     pub attempt: i32,
     pub attempt_in_cycle: i32,
     pub destination: Arc<Destination>,
@@ -83,12 +85,11 @@ fn sender_thread(
     main_pid: libc::pid_t,
 ) {
     while let Ok(job) = jobs.recv() {
-        let msg_id = job.delivery_id.to_string();
         let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             http::send(
                 &agent,
                 &job.destination,
-                &msg_id,
+                &job.message_id,
                 job.body.as_bytes(),
                 job.timeout,
             )

@@ -90,6 +90,20 @@ def wait_status(conn, delivery_id, status, timeout=15.0):
     )
 
 
+def message_id(conn, delivery_id):
+    """The webhook-id a delivery is sent with (its census message's, once batched)."""
+    return one(conn, "SELECT message_id FROM webhook.deliveries WHERE id = %s", delivery_id)
+
+
+def in_capture_order(conn, requests):
+    """Requests are sent concurrently: put them in capture order, the order of the first
+    delivery id of each one's message (webhook-ids are opaque)."""
+    ids = list({r.headers["webhook-id"] for r in requests})
+    first = dict(conn.execute("SELECT message_id, min(id) FROM webhook.deliveries WHERE message_id = ANY(%s)"
+                              " GROUP BY message_id", (ids,)).fetchall())
+    return sorted(requests, key=lambda r: first[r.headers["webhook-id"]])
+
+
 def make_table(conn, table, ddl="id int PRIMARY KEY, v text"):
     conn.execute(f"CREATE TABLE {table} ({ddl})")
 

@@ -15,8 +15,8 @@ import psycopg.sql
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from conftest import (RETRY_DELAYS, RETRY_DELAYS_MS, WAKE_DEADLINE_S, assert_retry_gaps, endpoint, make_table,
-                      one, wait_status, wait_until, wait_worker_idle)
+from conftest import (RETRY_DELAYS, RETRY_DELAYS_MS, WAKE_DEADLINE_S, assert_retry_gaps, endpoint,
+                      in_capture_order, make_table, message_id, one, wait_status, wait_until, wait_worker_idle)
 from harness import Request, verify
 
 
@@ -30,11 +30,6 @@ def watched(db, receiver, name, ddl="id int PRIMARY KEY, v text", path=None, **w
 
 def delivery_ids(db, name):
     return [r[0] for r in db.execute("SELECT id FROM webhook.deliveries WHERE endpoint = %s ORDER BY id", (name,))]
-
-
-def by_id(requests):
-    """Deliveries are sent concurrently: put what arrived in delivery (= capture) order."""
-    return sorted(requests, key=lambda r: int(r.headers["webhook-id"]))
 
 
 def strip_meta(req, table):
@@ -61,8 +56,7 @@ def test_payloads_for_insert_update_delete_and_visibility(db, receiver, name):
     db.execute(f"UPDATE {name} SET hidden = '{{email}}'")
     db.execute(f"UPDATE {name} SET hidden = '{{}}', first_name = 'J'")  # data changed too: data_update
     db.execute(f"DELETE FROM {name}")
-    # Deliveries are sent concurrently: order what arrived by delivery id.
-    got = sorted(receiver.wait_for(5, f"/ok/{name}"), key=lambda r: int(r.headers["webhook-id"]))
+    got = in_capture_order(db, receiver.wait_for(5, f"/ok/{name}"))
     bodies = [r.json() for r in got]
     ids = delivery_ids(db, name)
     lookup = [{"field": "user_id", "value": uid}]
@@ -70,7 +64,7 @@ def test_payloads_for_insert_update_delete_and_visibility(db, receiver, name):
     for body, req, did in zip(bodies, got, ids):
         meta = body["meta"]
         assert meta.pop("table") == f"public.{name}"
-        assert meta.pop("id") == req.headers["webhook-id"] == str(did)
+        assert meta.pop("id") == req.headers["webhook-id"] == message_id(db, did)
         occurred = datetime.datetime.fromisoformat(meta.pop("occurred_at").replace("Z", "+00:00"))
         assert abs((datetime.datetime.now(datetime.timezone.utc) - occurred).total_seconds()) < 60
         metas.append(meta)
@@ -109,7 +103,7 @@ def test_composite_key_with_renamed_key_column(db, receiver, name):
             rename=json.dumps({"uid": "userId"}))
     db.execute(f"INSERT INTO {name} VALUES (7, 42, 'a@b.c')")
     db.execute(f"DELETE FROM {name}")
-    ins, dele = [strip_meta(r, name) for r in by_id(receiver.wait_for(2, f"/ok/{name}"))]
+    ins, dele = [strip_meta(r, name) for r in in_capture_order(db, receiver.wait_for(2, f"/ok/{name}"))]
     lookup = [{"field": "org", "value": 7}, {"field": "userId", "value": 42}]
     assert ins == {"data": {"org": 7, "userId": 42, "email": "a@b.c"}, "redacted": [],
                    "meta": {"operation": "data_insert", "lookup_values": lookup}}
@@ -151,8 +145,7 @@ def test_values_follow_to_jsonb(db, receiver, name):
         f" 'infinity', '-infinity', NULL, '{{}}', '{{NULL,\"\"}}', 'null', '[]', '', 'happy', ROW(NULL, NULL),"
         f" 1, 'Infinity')"
     )
-    got = {int(r.headers["webhook-id"]): r for r in receiver.wait_for(2, f"/ok/{name}")}
-    first, second = (got[i] for i in sorted(got))
+    first, second = in_capture_order(db, receiver.wait_for(2, f"/ok/{name}"))
     assert b"12345678901234567890.123456789" in first.body
     assert b"9007199254740993" in first.body
     # Exact text of every number, and objects as the key/value pairs written, in order: a json
@@ -190,7 +183,7 @@ def test_endpoint_method_and_headers_are_used_for_every_operation(db, receiver, 
     db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
     db.execute(f"UPDATE {name} SET v = 'y'")
     db.execute(f"DELETE FROM {name}")
-    got = by_id(receiver.wait_for(3, f"/ok/{name}"))
+    got = in_capture_order(db, receiver.wait_for(3, f"/ok/{name}"))
     assert [r.json()["meta"]["operation"] for r in got] == ["data_insert", "data_update", "delete"]
     for req in got:
         assert req.method == "PUT"
@@ -322,7 +315,7 @@ def test_redeliver_after_failure(db, receiver, name):
         wait_status(db, did, "failed", timeout=20)
 
     def sent(did, path=bad):
-        return [r for r in receiver.received(path) if r.headers["webhook-id"] == str(did)]
+        return [r for r in receiver.received(path) if r.headers["webhook-id"] == message_id(db, did)]
 
     def attempts(did):
         return db.execute("SELECT attempt, status_code FROM webhook.attempts WHERE delivery_id = %s"
@@ -347,7 +340,7 @@ def test_redeliver_after_failure(db, receiver, name):
     db.execute("SELECT webhook.redeliver(%s)", (ids[0],))
     wait_status(db, ids[0], "delivered")
     (good,) = receiver.wait_for(1, f"/ok/{name}")
-    assert good.headers["webhook-id"] == str(ids[0])
+    assert good.headers["webhook-id"] == message_id(db, ids[0])
     assert good.body == original[ids[0]]
     assert attempts(ids[0])[-1] == (13, 200)
     assert one(db, "SELECT webhook.redeliver_failed(%s)", name) == 1
@@ -455,7 +448,7 @@ def test_endpoint_changes_reach_other_sessions_capture_plans(cluster, db, receiv
             assert got[-1].received - started < WAKE_DEADLINE_S, "the commit did not wake the worker"
         db.execute("SELECT webhook.alter_endpoint(%s, format => 'census')", (name,))
         writer.execute(f"INSERT INTO {name} VALUES (2, 'census')")
-        last = by_id(receiver.wait_for(7, f"/ok/{name}"))[-1].json()
+        last = in_capture_order(db, receiver.wait_for(7, f"/ok/{name}"))[-1].json()
         assert last["operation"] == "changed" and last["data"] == [{"id": 2, "v": "census"}]
 
 
@@ -473,7 +466,7 @@ def test_ordinary_role_captures_but_cannot_see_the_queue(cluster, db, receiver, 
                     "INSERT INTO webhook.delivery (endpoint_id, operation, payload) VALUES (1, 'x', '{}')"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 app.execute(sql)
-    got = [r.json() for r in by_id(receiver.wait_for(3, f"/ok/{name}"))]
+    got = [r.json() for r in in_capture_order(db, receiver.wait_for(3, f"/ok/{name}"))]
     assert [(b["meta"]["operation"], b["data"]) for b in got] == [
         ("data_insert", {"id": 1, "v": "from app"}),
         ("data_update", {"id": 1, "v": "changed by app"}),
@@ -691,7 +684,7 @@ def test_census_format(db, receiver, name):
     db.execute(f"INSERT INTO {name} VALUES (1, 'Walsh and Sons', 'isadora@safetymail.info')")
     db.execute(f"UPDATE {name} SET company = 'x'")  # not subscribed: an "update or create" needs update
     db.execute(f"DELETE FROM {name}")
-    got = by_id(receiver.wait_for(2, f"/ok/{name}"))
+    got = in_capture_order(db, receiver.wait_for(2, f"/ok/{name}"))
     bodies = []
     for req in got:
         assert verify(req, secret) == (True, True)

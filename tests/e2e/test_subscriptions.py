@@ -6,7 +6,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import endpoint, make_table, one
+from conftest import endpoint, in_capture_order, make_table, one
 from harness import verify
 
 
@@ -125,7 +125,7 @@ def test_hand_made_capture_trigger_uses_default_shape(db, receiver, name):
                f" FOR EACH ROW EXECUTE FUNCTION webhook.capture('{name}')")
     db.execute(f"INSERT INTO {name} VALUES (1, 'x')")
     db.execute(f"DELETE FROM {name}")
-    got = sorted(receiver.wait_for(2, f"/ok/{name}"), key=lambda r: int(r.headers["webhook-id"]))
+    got = in_capture_order(db, receiver.wait_for(2, f"/ok/{name}"))
     bodies = []
     for req in got:
         body = req.json()

@@ -6,7 +6,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import endpoint, make_table, one, wait_status, wait_until
+from conftest import endpoint, make_table, message_id, one, wait_status, wait_until
 from harness import Cluster, Receiver
 
 
@@ -25,7 +25,7 @@ def test_expired_lease_is_reclaimed(db, receiver, name):
     time.sleep(0.5)
     assert receiver.received(f"/ok/{name}") == []  # the lease still holds
     wait_status(db, did, "delivered", timeout=10)
-    assert receiver.received(f"/ok/{name}")[0].headers["webhook-id"] == str(did)
+    assert receiver.received(f"/ok/{name}")[0].headers["webhook-id"] == message_id(db, did)
     rows = db.execute("SELECT attempt, status_code, error FROM webhook.attempts WHERE delivery_id = %s"
                       " ORDER BY attempt", (did,)).fetchall()
     assert rows[0][0] == 1 and rows[0][1] is None and "lease expired" in rows[0][2]
@@ -236,8 +236,8 @@ def test_late_commit_with_an_earlier_time_is_not_starved_by_a_backlog(cluster, d
         wait_until(lambda: len(receiver.received(path)) >= 50, what="the backlog to start draining")
         late.commit()
         committed = time.monotonic()
-    late_id = one(db, "SELECT min(id) FROM webhook.deliveries WHERE endpoint = %s", name)
-    wait_until(lambda: any(r.headers["webhook-id"] == str(late_id) for r in receiver.received(path)),
+    late_id = message_id(db, one(db, "SELECT min(id) FROM webhook.deliveries WHERE endpoint = %s", name))
+    wait_until(lambda: any(r.headers["webhook-id"] == late_id for r in receiver.received(path)),
                timeout=15, what="the late row to be sent")
     waited = time.monotonic() - committed
     left = one(db, "SELECT count(*) FROM webhook.deliveries WHERE endpoint = %s AND status <> 'delivered'", name)

@@ -1,6 +1,6 @@
 -- What the capture trigger queues: one delivery per change and subscription, written in the
 -- changing transaction, whose payload is the exact body that will be signed and sent.
--- meta.id (the delivery id) and meta.occurred_at vary from run to run: they are checked in
+-- meta.id (the message id) and meta.occurred_at vary from run to run: they are checked in
 -- tour.sql and left out here.
 \set VERBOSITY terse
 SET TimeZone = 'UTC';
@@ -21,7 +21,7 @@ DELETE FROM users WHERE user_id = 1;
 TABLE sent;
 
 -- The body bytes keep the table's column order (the view's jsonb sorts keys).
-SELECT regexp_replace(payload, '"id":"\d+","occurred_at":"[^"]*"', '"id":"<id>","occurred_at":"<at>"')
+SELECT regexp_replace(payload, '"id":"msg_[0-9A-Za-z]{22}","occurred_at":"[^"]*"', '"id":"<id>","occurred_at":"<at>"')
        AS body
 FROM webhook.delivery ORDER BY id LIMIT 1;
 DELETE FROM webhook.delivery;   -- (tests only: empty the queue between sections)

@@ -45,9 +45,11 @@ FROM webhook.deliveries ORDER BY id;
 SELECT jsonb_pretty(payload #- '{meta,id}' #- '{meta,occurred_at}') AS payload
 FROM webhook.deliveries ORDER BY id;
 
--- meta.id is the delivery id (also the webhook-id header); meta.occurred_at the capturing
--- transaction's start, RFC 3339 in UTC.
-SELECT payload->'meta'->>'id' = id::text AS id_matches,
+-- meta.id is the message id (also the webhook-id header: msg_ and 22 base62 characters, never
+-- reused, unlike the delivery id); meta.occurred_at the capturing transaction's start, RFC 3339
+-- in UTC.
+SELECT payload->'meta'->>'id' = message_id AS id_matches,
+       message_id ~ '^msg_[0-9A-Za-z]{22}$' AS message_id_form,
        payload->'meta'->>'occurred_at' ~ '^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$' AS rfc3339_utc,
        (payload->'meta'->>'occurred_at')::timestamptz = created_at AS at_transaction_start
 FROM webhook.deliveries ORDER BY id;

@@ -1,0 +1,56 @@
+//! The C entry points of SQL signatures that a later version changed, kept for databases whose
+//! extension is not updated yet: after a new library is installed, their old SQL definitions
+//! still call the old symbols, with the old arguments, until `ALTER EXTENSION webhook UPDATE`.
+//! Without these, such a call would fail with an internal error ("unboxing ... failed").
+//!
+//! A function whose arguments change gets a new symbol, `<name>_<version>_wrapper`, named in
+//! its `#[pg_extern(name = ...)]`; its previous symbol stays here, with `sql = false` (the
+//! extension's own scripts never name it), passing the new arguments' defaults.
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+/// 0.1.0 and 0.2.0: `create_endpoint(name, url, method, headers, description, format)`.
+#[pg_extern(sql = false)]
+fn create_endpoint(
+    name: Option<&str>,
+    url: Option<&str>,
+    method: Option<&str>,
+    headers: Option<JsonB>,
+    description: Option<&str>,
+    format: Option<&str>,
+) -> String {
+    super::endpoints::create_endpoint_0_3(
+        name,
+        url,
+        method,
+        headers,
+        description,
+        format,
+        None,
+        None,
+    )
+}
+
+/// 0.1.0 and 0.2.0: `alter_endpoint(name, url, method, headers, description, enabled, format)`.
+#[pg_extern(sql = false)]
+fn alter_endpoint(
+    name: Option<&str>,
+    url: Option<&str>,
+    method: Option<&str>,
+    headers: Option<JsonB>,
+    description: Option<&str>,
+    enabled: Option<bool>,
+    format: Option<&str>,
+) {
+    super::endpoints::alter_endpoint_0_3(
+        name,
+        url,
+        method,
+        headers,
+        description,
+        enabled,
+        format,
+        None,
+    )
+}
