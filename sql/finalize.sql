@@ -54,6 +54,12 @@ LEFT JOIN webhook.delivery d ON d.endpoint_id = e.id AND d.records IS NULL
 LEFT JOIN webhook.delivery m ON m.id = coalesce(d.batch_id, d.id)
 GROUP BY e.id;
 
+-- Sync runs, as SPEC §6 lists their columns (rows_queued: read and queued so far).
+CREATE VIEW webhook.sync_runs AS
+SELECT r.id, e.name AS endpoint, r.table_name, r.status, r.rows_total, r.rows_sent, r.rows_failed,
+       r.triggered_at, r.started_at, r.finished_at, r.error, r.rows_queued
+FROM webhook.sync_run r JOIN webhook.endpoint e ON e.id = r.endpoint_id;
+
 -- Functions are executable by PUBLIC by default in PostgreSQL; none of ours should be.
 -- The capture trigger needs no grant to fire for roles that write watched tables.
 REVOKE ALL ON ALL TABLES IN SCHEMA webhook FROM PUBLIC;
@@ -71,7 +77,7 @@ BEGIN
 END
 $$;
 GRANT USAGE ON SCHEMA webhook TO webhook_admin;
-GRANT SELECT ON webhook.endpoints, webhook.subscriptions, webhook.deliveries, webhook.attempts,
+GRANT SELECT ON webhook.endpoints, webhook.subscriptions, webhook.deliveries, webhook.attempts, webhook.sync_runs,
                 webhook.endpoint_stats TO webhook_admin;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA webhook TO webhook_admin;
 

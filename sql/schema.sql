@@ -109,6 +109,12 @@ CREATE INDEX delivery_batch ON webhook.delivery (batch_id) WHERE status = 'batch
 -- Retention finds old delivered rows without scanning the queue.
 CREATE INDEX delivery_delivered ON webhook.delivery (delivered_at) WHERE status = 'delivered';
 
+-- A sync run's unfinished and dead-lettered messages, so its progress and end are counted
+-- without reading the rows it already delivered. Capture never writes sync_run_id, so this
+-- index never takes a live change.
+CREATE INDEX delivery_sync_run ON webhook.delivery (sync_run_id, status)
+    WHERE sync_run_id IS NOT NULL AND status IN ('pending', 'delivering', 'failed');
+
 -- Every attempt, with what came back (at most 64 KiB of the body).
 CREATE TABLE webhook.attempt (
     delivery_id   bigint NOT NULL,
@@ -122,9 +128,35 @@ CREATE TABLE webhook.attempt (
 );
 
 -- pg_dump keeps configuration and queue.
+-- Sync runs (SPEC §6): the rows a table holds, sent through one subscription. The worker reads
+-- them in primary-key chunks, each chunk's deliveries and the run's after_key committed
+-- together, so a run resumes after its last chunk whatever stopped it.
+--   queued -> reading -> sending -> success | failed;  cancelled from queued/reading/sending
+CREATE TABLE webhook.sync_run (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    endpoint_id     bigint NOT NULL REFERENCES webhook.endpoint (id) ON DELETE CASCADE,
+    subscription_id bigint REFERENCES webhook.subscription (id) ON DELETE SET NULL,
+    relid           oid NOT NULL,
+    table_name      text NOT NULL,   -- schema.table when the run was triggered
+    status          text NOT NULL DEFAULT 'queued'
+                    CHECK (status IN ('queued', 'reading', 'sending', 'success', 'failed', 'cancelled')),
+    rows_total      bigint,          -- the planner's estimate when reading began
+    rows_queued     bigint NOT NULL DEFAULT 0,
+    rows_sent       bigint NOT NULL DEFAULT 0,
+    rows_failed     bigint NOT NULL DEFAULT 0,
+    after_key       text[],          -- the last primary key read, column by column as text
+    triggered_at    timestamptz NOT NULL DEFAULT now(),
+    started_at      timestamptz,
+    finished_at     timestamptz,
+    error           text,
+    events_sent     integer NOT NULL DEFAULT 0,        -- sync.* events queued so far, in order
+    events_pending  bigint[] NOT NULL DEFAULT '{}'    -- the deliveries of the last of them
+);
+
 SELECT pg_catalog.pg_extension_config_dump('webhook.endpoint', '');
 SELECT pg_catalog.pg_extension_config_dump('webhook.previous_secret', '');
 SELECT pg_catalog.pg_extension_config_dump('webhook.subscription', '');
 SELECT pg_catalog.pg_extension_config_dump('webhook.delivery', '');
 SELECT pg_catalog.pg_extension_config_dump('webhook.attempt', '');
 SELECT pg_catalog.pg_extension_config_dump('webhook.delivery_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('webhook.sync_run', '');

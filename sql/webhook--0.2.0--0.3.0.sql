@@ -259,3 +259,52 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'drop_endpoint_0_3_wrapper';
 REVOKE ALL ON FUNCTION webhook.drop_endpoint(text, bool) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION webhook.drop_endpoint(text, bool) TO webhook_admin;
+
+-- ---- Sync runs (issue 14, SPEC §6) -----------------------------------------------------------
+CREATE INDEX delivery_sync_run ON webhook.delivery (sync_run_id, status)
+    WHERE sync_run_id IS NOT NULL AND status IN ('pending', 'delivering', 'failed');
+CREATE TABLE webhook.sync_run (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    endpoint_id     bigint NOT NULL REFERENCES webhook.endpoint (id) ON DELETE CASCADE,
+    subscription_id bigint REFERENCES webhook.subscription (id) ON DELETE SET NULL,
+    relid           oid NOT NULL,
+    table_name      text NOT NULL,
+    status          text NOT NULL DEFAULT 'queued'
+                    CHECK (status IN ('queued', 'reading', 'sending', 'success', 'failed', 'cancelled')),
+    rows_total      bigint,
+    rows_queued     bigint NOT NULL DEFAULT 0,
+    rows_sent       bigint NOT NULL DEFAULT 0,
+    rows_failed     bigint NOT NULL DEFAULT 0,
+    after_key       text[],
+    triggered_at    timestamptz NOT NULL DEFAULT now(),
+    started_at      timestamptz,
+    finished_at     timestamptz,
+    error           text,
+    events_sent     integer NOT NULL DEFAULT 0,
+    events_pending  bigint[] NOT NULL DEFAULT '{}'
+);
+REVOKE ALL ON webhook.sync_run FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('webhook.sync_run', '');
+CREATE VIEW webhook.sync_runs AS
+SELECT r.id, e.name AS endpoint, r.table_name, r.status, r.rows_total, r.rows_sent, r.rows_failed,
+       r.triggered_at, r.started_at, r.finished_at, r.error, r.rows_queued
+FROM webhook.sync_run r JOIN webhook.endpoint e ON e.id = r.endpoint_id;
+REVOKE ALL ON webhook.sync_runs FROM PUBLIC;
+GRANT SELECT ON webhook.sync_runs TO webhook_admin;
+CREATE FUNCTION webhook."sync"(
+	"tbl" regclass,
+	"endpoint" TEXT
+) RETURNS bigint
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'sync_wrapper';
+CREATE FUNCTION webhook."cancel_sync"(
+	"run" bigint
+) RETURNS void
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'cancel_sync_wrapper';
+REVOKE ALL ON FUNCTION webhook.sync(regclass, text), webhook.cancel_sync(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook.sync(regclass, text), webhook.cancel_sync(bigint) TO webhook_admin;

@@ -44,6 +44,10 @@ pub enum WebhookError {
     },
     #[error("delivery {0} does not exist")]
     UnknownDelivery(i64),
+    #[error("sync run {0} does not exist")]
+    UnknownSyncRun(i64),
+    #[error("table {0} has no primary key; a sync run reads a table in primary-key order")]
+    NoKeyToSync(String),
     #[error("{0}")]
     WrongState(String),
     #[error("{0}")]
@@ -79,7 +83,9 @@ impl WebhookError {
             WebhookError::UnknownEndpoint(_)
             | WebhookError::UnknownEndpointInTrigger { .. }
             | WebhookError::NotWatched { .. }
-            | WebhookError::UnknownDelivery(_) => ERRCODE_UNDEFINED_OBJECT,
+            | WebhookError::UnknownDelivery(_)
+            | WebhookError::UnknownSyncRun(_) => ERRCODE_UNDEFINED_OBJECT,
+            WebhookError::NoKeyToSync(_) => ERRCODE_INVALID_COLUMN_REFERENCE,
             WebhookError::DuplicateEndpoint(_) => ERRCODE_DUPLICATE_OBJECT,
             WebhookError::NamedByTriggers { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             WebhookError::InvalidValue(_) => ERRCODE_INVALID_PARAMETER_VALUE,

@@ -6,6 +6,7 @@ mod compat;
 mod deliveries;
 mod endpoints;
 mod subscriptions;
+mod sync;
 
 use crate::error::{Result, WebhookError};
 use pgrx::prelude::*;

@@ -24,7 +24,7 @@ pub(super) fn watched_tables(client: &SpiClient, endpoint_id: i64) -> Result<Vec
 
 /// The functions run as the extension owner; a caller may still only watch tables it could read
 /// and attach triggers to itself.
-fn require_table_rights(relid: pg_sys::Oid, table: &str) -> Result<()> {
+pub(super) fn require_table_rights(relid: pg_sys::Oid, table: &str) -> Result<()> {
     require_rights(
         relid,
         &[pg_sys::ACL_SELECT, pg_sys::ACL_TRIGGER],

@@ -49,6 +49,9 @@ struct Layout {
     /// Absent while the extension is not updated to 0.3.0 (the library is newer than the
     /// schema until `ALTER EXTENSION webhook UPDATE`).
     message_id: Option<usize>,
+    /// Columns every new delivery leaves NULL: with `status`, the only ones a partial index's
+    /// predicate may test, so that whether it takes a new delivery is the same for all of them.
+    always_null: Vec<usize>,
 }
 
 /// Columns left NULL in a new delivery.
@@ -217,9 +220,10 @@ unsafe fn layout(rel: pg_sys::Relation) -> Rc<Layout> {
     // Columns 0.3.0 added may be missing (the library is newer than the schema until
     // `ALTER EXTENSION webhook UPDATE`); every other column must be there.
     let message_id = positions.remove("message_id");
-    for name in NEW_NULL_COLUMNS {
-        positions.remove(name);
-    }
+    let mut always_null: Vec<usize> = NEW_NULL_COLUMNS
+        .iter()
+        .filter_map(|name| positions.remove(*name))
+        .collect();
     let mut take = |name: &str| {
         positions
             .remove(name)
@@ -240,10 +244,15 @@ unsafe fn layout(rel: pg_sys::Relation) -> Rc<Layout> {
         next_attempt_at: take("next_attempt_at"),
         created_at: take("created_at"),
         message_id,
+        always_null: Vec::new(),
     };
     for name in NULL_COLUMNS {
-        take(name);
+        always_null.push(take(name));
     }
+    let layout = Layout {
+        always_null,
+        ..layout
+    };
     if let Some(extra) = positions.keys().next() {
         internal(format!(
             "webhook.delivery has an unexpected column \"{extra}\""
@@ -330,12 +339,17 @@ unsafe fn index_spec(
         } else {
             let mut used: *mut pg_sys::Bitmapset = std::ptr::null_mut();
             pg_sys::pull_varattnos(predicate.cast(), 1, &mut used);
-            let status = layout.status as i32 + 1 - pg_sys::FirstLowInvalidHeapAttributeNumber;
+            let member_of =
+                |column: usize| column as i32 + 1 - pg_sys::FirstLowInvalidHeapAttributeNumber;
+            let allowed: Vec<i32> = std::iter::once(layout.status)
+                .chain(layout.always_null.iter().copied())
+                .map(member_of)
+                .collect();
             let mut member = pg_sys::bms_next_member(used, -1);
             while member >= 0 {
-                if member != status {
+                if !allowed.contains(&member) {
                     internal(format!(
-                        "the predicate of index \"{name}\" on webhook.delivery tests a column other than status"
+                        "the predicate of index \"{name}\" on webhook.delivery tests a column other than status and the columns a new delivery leaves NULL"
                     ));
                 }
                 member = pg_sys::bms_next_member(used, member);

@@ -8,6 +8,7 @@ mod enqueue;
 mod payload;
 pub mod predicate;
 mod row;
+pub mod sync;
 pub mod table;
 
 use crate::endpoint::Format;
@@ -358,6 +359,18 @@ fn parse_row(json: &str) -> Row<'_> {
     })
 }
 
+/// A PostgreSQL timestamp (microseconds since 2000-01-01 UTC) as RFC 3339, as payloads send it.
+pub(crate) fn rfc3339(pg_epoch_us: i64) -> String {
+    let unix_ns = (pg_epoch_us as i128 + 946_684_800_000_000) * 1000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 /// The capturing transaction's start time, RFC 3339; formatted once per transaction.
 fn occurred_at() -> Rc<str> {
     // SAFETY: only reads the backend's transaction start time; called on the main thread from
@@ -370,15 +383,7 @@ fn occurred_at() -> Rc<str> {
                 return text.clone();
             }
         }
-        let unix_ns = (pg_epoch_us as i128 + 946_684_800_000_000) * 1000;
-        let text: Rc<str> = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_default()
-            .into();
+        let text: Rc<str> = rfc3339(pg_epoch_us).into();
         *cached = Some((pg_epoch_us, text.clone()));
         text
     })
@@ -546,6 +551,7 @@ fn capture<'a>(
         let meta = Meta {
             id: message_id.as_deref().unwrap_or_default(),
             occurred_at: &occurred_at,
+            sync_run_id: None,
         };
         let body = match target.format {
             Format::Rownd => payload::rownd(&target.shape, &plan.table, &change, &meta),

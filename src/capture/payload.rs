@@ -105,6 +105,8 @@ impl<'a> Change<'a> {
 pub struct Meta<'a> {
     pub id: &'a str,
     pub occurred_at: &'a str,
+    /// The sync run a row is sent by (SPEC §6); None for a live change.
+    pub sync_run_id: Option<i64>,
 }
 
 /// `meta.operation` for this change under this subscription.
@@ -328,6 +330,9 @@ pub fn rownd(shape: &Shape, table: &TableShape, change: &Change, meta: &Meta) ->
     m.string("table", &table.qualified_name);
     m.string("id", meta.id);
     m.string("occurred_at", meta.occurred_at);
+    if let Some(run) = meta.sync_run_id {
+        m.raw("sync_run_id", &run.to_string());
+    }
     if let (Op::Update, Some(old), Some(new)) = (change.op, change.old, change.new) {
         let list = m.key("changed_fields");
         serde_json::to_writer(list, &changed_fields(shape, old, new))
@@ -385,6 +390,7 @@ mod tests {
     const META: Meta = Meta {
         id: "7",
         occurred_at: "2026-01-01T00:00:00Z",
+        sync_run_id: None,
     };
 
     fn juliet() -> Value {

@@ -33,6 +33,10 @@ const RETENTION_PASS_MAX: i64 = 200_000;
 /// How often every claim cursor is dropped, so a full scan finds rows committed late with an
 /// earlier time (a long transaction's captures, a redelivery).
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
+/// Rows a sync run reads per chunk (one short transaction each, between two claims).
+const SYNC_CHUNK_ROWS: i64 = 500;
+/// How often a worker with no active sync run looks for a new one.
+const SYNC_LOOK_EVERY: Duration = Duration::from_secs(1);
 /// How long a stopping worker waits for requests in flight before leaving them to lease expiry.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -156,6 +160,9 @@ struct Loop {
     /// The older schema version last warned about.
     warned_version: Option<String>,
     last_retention: Option<Instant>,
+    /// Whether a sync run was reading or sending at the last look, and when that was.
+    sync_active: bool,
+    last_sync_look: Instant,
     cursors: claim::Cursors,
     last_rescan: Instant,
 }
@@ -171,6 +178,8 @@ impl Loop {
             ready: false,
             warned_version: None,
             last_retention: None,
+            sync_active: false,
+            last_sync_look: Instant::now(),
             cursors: claim::Cursors::default(),
             last_rescan: Instant::now(),
         }
@@ -284,6 +293,24 @@ impl Loop {
         })
     }
 
+    /// The first worker reads sync runs, one chunk per loop between its claims, so live changes
+    /// keep flowing during a run; true while a run has rows left to read (no sleeping then).
+    /// Counting a run's finished deliveries is cheap, so idle loops do it too.
+    fn read_sync_runs(&mut self) -> bool {
+        if self.slot != 0 || !self.ready {
+            return false;
+        }
+        // Without an active run, look for a new one once a second (a run's start waits at most
+        // that long), so that a busy worker does not pay a transaction per loop for nothing.
+        if !self.sync_active && self.last_sync_look.elapsed() < SYNC_LOOK_EVERY {
+            return false;
+        }
+        self.last_sync_look = Instant::now();
+        let (reading, active) = step(|| crate::capture::sync::step(SYNC_CHUNK_ROWS));
+        self.sync_active = active;
+        reading
+    }
+
     /// Record what finishes within the grace period; the rest is resent after its lease.
     fn shut_down(self) {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
@@ -317,6 +344,9 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
         worker.pool.ensure_threads(settings.concurrency);
         worker.collect_outcomes(&settings);
         let mut sleep = worker.claim_and_send(&settings);
+        if worker.read_sync_runs() {
+            sleep = Duration::ZERO;
+        }
         let busy = worker.total_in_flight() > 0;
         if busy {
             sleep = sleep.min(RESULT_POLL);
