@@ -30,7 +30,6 @@ fn sync(tbl: Option<PgRelation>, endpoint: Option<&str>) -> i64 {
                     None,
                     &[relid.into(), endpoint_id.into()],
                 )?
-                .into_iter()
                 .next()
                 .map(|row| not_null::<i64>(&row, "id"))
                 .transpose()?;
