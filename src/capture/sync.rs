@@ -142,10 +142,9 @@ fn in_subtransaction<R>(f: impl FnOnce() -> Result<R>) -> std::result::Result<R,
     // The closure's captures are not used again after an error: the run is failed instead.
     let f = std::panic::AssertUnwindSafe(f);
     PgTryBuilder::new(move || {
-        match {
-            let f = f;
-            (f.0)()
-        } {
+        let f = f;
+        let result = (f.0)();
+        match result {
             Ok(value) => {
                 // SAFETY: ends the subtransaction begun above, keeping its work.
                 unsafe { pg_sys::ReleaseCurrentSubTransaction() };
