@@ -284,6 +284,7 @@ CREATE TABLE webhook.sync_run (
     events_pending  bigint[] NOT NULL DEFAULT '{}'
 );
 REVOKE ALL ON webhook.sync_run FROM PUBLIC;
+REVOKE ALL ON SEQUENCE webhook.sync_run_id_seq FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('webhook.sync_run', '');
 CREATE VIEW webhook.sync_runs AS
 SELECT r.id, e.name AS endpoint, r.table_name, r.status, r.rows_total, r.rows_sent, r.rows_failed,
