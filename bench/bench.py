@@ -126,9 +126,10 @@ def drain(db, endpoint, rows, limit_s, sample_rss=None):
         if sample_rss:
             rss.append(sample_rss())
         time.sleep(0.5)
+    # Changes, not requests: a census message's changes show its state in the view.
     delivered, last = db.execute(
-        "SELECT count(*), max(d.delivered_at) FROM webhook.delivery d JOIN webhook.endpoint e ON e.id = d.endpoint_id"
-        " WHERE e.name = %s AND d.status = 'delivered'", (endpoint,)).fetchone()
+        "SELECT count(*), max(delivered_at) FROM webhook.deliveries WHERE endpoint = %s AND status = 'delivered'",
+        (endpoint,)).fetchone()
     assert delivered >= rows, (delivered, rows)
     return rows / (last - started_at).total_seconds(), (max(rss) if rss else None)
 
@@ -149,10 +150,10 @@ def latency(db, nginx, table, commits=100, per_s=50):
         if time.monotonic() > deadline:
             raise RuntimeError("latency probe: deliveries did not arrive in 30 s")
         time.sleep(0.1)
-    ids = dict(db.execute("SELECT id, (payload::jsonb #>> '{data,id}')::bigint FROM webhook.delivery"
+    ids = dict(db.execute("SELECT message_id, (payload::jsonb #>> '{data,id}')::bigint FROM webhook.delivery"
                           " WHERE id > %s", (first,)).fetchall())
-    received = {int(w): float(ms) for ms, w in nginx.log() if w.isdigit() and int(w) in ids}
-    lat = sorted((received[d] - committed[r]) * 1000 for d, r in ids.items() if d in received and r in committed)
+    received = {w: float(ms) for ms, w in nginx.log() if w in ids}
+    lat = sorted((received[m] - committed[r]) * 1000 for m, r in ids.items() if m in received and r in committed)
     return {"n": len(lat), "p50": lat[len(lat) // 2], "p99": lat[max(0, int(len(lat) * 0.99) - 1)]}
 
 
@@ -209,7 +210,7 @@ def statistics_states(cluster, nginx, rows):
 
 
 def filters(cluster, url, seconds, rounds):
-    """Figure 9: what a filter that sends nothing costs the writer. Single-row INSERTs into a
+    """Figure 10: what a filter that sends nothing costs the writer. Single-row INSERTs into a
     table whose only subscription's predicate rejects every row, and single-row UPDATEs of a
     column that a `changed` filter does not name, each against the same statement on an
     unwatched table; rounds interleaved in rotated order, median of each."""
@@ -240,6 +241,26 @@ def filters(cluster, url, seconds, rounds):
                 "update_time_ratio": tps["update_plain"] / tps["update_unchanged"]}
 
 
+def census_drain(cluster, nginx, rows):
+    """Figures 3 and 9 in one cluster: `rows` queued changes drained by a rownd endpoint (one
+    request each), then by a census endpoint (batch_size 100: one request per 100 records);
+    changes delivered per second, and the ratio of the two."""
+    with cluster.connect() as db:
+        for fmt in ("rownd", "census"):
+            db.execute(f"CREATE TABLE b_{fmt} ({COLUMNS})")
+            db.execute("SELECT webhook.create_endpoint(%s, %s, format => %s)", (fmt, nginx.url(f"/{fmt}"), fmt))
+            db.execute("SELECT webhook.watch(%s, %s)", (f"b_{fmt}", fmt))
+        result = {}
+        for fmt in ("rownd", "census"):
+            queue(db, f"b_{fmt}", fmt, rows)
+            result[f"{fmt}_changes_per_s"], _ = drain(db, fmt, rows, 600)
+            result[f"{fmt}_requests"] = db.execute(
+                "SELECT count(DISTINCT message_id) FROM webhook.deliveries WHERE endpoint = %s", (fmt,)).fetchone()[0]
+            db.execute("TRUNCATE webhook.delivery, webhook.attempt")
+        result["census_vs_rownd"] = result["census_changes_per_s"] / result["rownd_changes_per_s"]
+    return result
+
+
 def worker_rss_mb(db):
     """The workers' private memory (RssAnon): VmRSS also counts the shared buffers they touched."""
     pids = [r[0] for r in db.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'webhook delivery worker'")]
@@ -268,7 +289,8 @@ def main():
     ap.add_argument("--backlog-rows", type=int, default=1_000_000)
     ap.add_argument("--backlog-cycles", type=int, default=3, help="fill / drain / retention cycles (figure 5)")
     ap.add_argument("--burst-rows", type=int, default=50_000, help="rows per burst (figure 8)")
-    ap.add_argument("--only", choices=["statistics", "filters"], help="run figure 8 or 9 alone")
+    ap.add_argument("--only", choices=["statistics", "census", "filters"],
+                    help="run figure 8 alone, figure 9 with its rownd baseline (figure 3's drain), or figure 10")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     results = {}
@@ -277,6 +299,12 @@ def main():
     blackhole.bind(("127.0.0.1", 0))
     blackhole.listen(4096)  # accepts connections in the kernel, never answers
     try:
+        if args.only == "census":
+            cluster = new_cluster()
+            results["9_census_drain"] = census_drain(cluster, nginx, args.drain_rows)
+            cluster.cleanup()
+            print(json.dumps(results, indent=2, default=str))
+            return
         if args.only == "statistics":
             cluster = new_cluster()
             results["8_statistics_states"] = statistics_states(cluster, nginx, args.burst_rows)
@@ -285,7 +313,7 @@ def main():
             return
         if args.only == "filters":
             cluster = new_cluster()
-            results["9_filters"] = filters(cluster, nginx.url("/filters"), args.seconds, args.rounds)
+            results["10_filters"] = filters(cluster, nginx.url("/filters"), args.seconds, args.rounds)
             cluster.cleanup()
             print(json.dumps(results, indent=2, default=str))
             return
@@ -385,13 +413,17 @@ def main():
         results["8_worst_ratio"] = min(s["ratio_to_best"] for s in results["8_statistics_states"].values())
         cluster.cleanup()
 
-        # 9. filters that send nothing, against the unwatched writes
+        # 9. census batches: records/s of a census endpoint (batch_size 100) beside rownd's
         cluster = new_cluster()
-        results["9_filters"] = filters(cluster, nginx.url("/filters"), args.seconds, args.rounds)
+        results["9_census_drain"] = census_drain(cluster, nginx, args.drain_rows)
         cluster.cleanup()
 
-        # 6. two workers (duplicates are counted among this figure's own requests: other
-        # clusters' delivery ids overlap these)
+        # 10. filters that send nothing, against the unwatched writes
+        cluster = new_cluster()
+        results["10_filters"] = filters(cluster, nginx.url("/filters"), args.seconds, args.rounds)
+        cluster.cleanup()
+
+        # 6. two workers (duplicates are counted among this figure's own requests)
         logged_before = len(nginx.log())
         cluster = new_cluster({"webhook.workers": "2"})
         with cluster.connect() as db:
@@ -402,7 +434,7 @@ def main():
             queue(db, "b_watched", "bench", args.drain_rows)
             results["6_drain_2_workers_per_s"], _ = drain(db, "bench", args.drain_rows, 600)
             results["6_ratio_2_vs_1"] = results["6_drain_2_workers_per_s"] / results["3_drain_per_s"]
-            sent = [w for _, w, *rest in (l + [""] for l in nginx.log()[logged_before:]) if w.isdigit()]
+            sent = [w for _, w, *rest in (l + [""] for l in nginx.log()[logged_before:]) if w.startswith("msg_")]
         cluster.cleanup()
         results["6_duplicate_ids_2_workers"] = len(sent) - len(set(sent))
     finally:

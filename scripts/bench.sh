@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark of README's "Performance" table: a release build, nginx on 127.0.0.1 as the
 # receiver, pgbench for the write path. Takes about 12 minutes on 2 cores.
+#   ./scripts/bench.sh --only census     # figure 9 and its rownd baseline alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=SCRIPTDIR/env.sh
@@ -15,5 +16,11 @@ if ! command -v nginx >/dev/null; then
     rm -f /usr/sbin/policy-rc.d
     ((status == 0)) || exit "$status"
 fi
-cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
+# PG_CONFIG picks the PostgreSQL to install into and run (default: Debian's); BENCH_PROFILE=debug
+# skips the release build (numbers are then only comparable within one run).
+PG_CONFIG=${PG_CONFIG:-/usr/bin/pg_config}
+export PG_CONFIG
+profile=(--release)
+[[ ${BENCH_PROFILE:-release} == debug ]] && profile=()
+cargo pgrx install "${profile[@]}" --pg-config "$PG_CONFIG" >/dev/null
 exec "$PYTHON" bench/bench.py "$@"

@@ -110,15 +110,15 @@ ORDER BY t.next_attempt_at, t.id";
 
 // Census changes the claim locked become messages: one new row per message (in `delivering`,
 // attempted once, leased: it is sent now), carrying its body and webhook-id, and its changes
-// `batched` into it. The changes are reached by primary key ($10: every member, in message
-// order; $8/$9: where each message's members start, 1-based, and how many there are).
+// `batched` into it ($9: the changes, $10: the message of each, numbered from 1). The changes are
+// reached by primary key (`id = ANY`); each finds its message by subscript, not by a join.
 const FORM_SQL: &str = "
 WITH b AS (
     SELECT nextval('webhook.delivery_id_seq') AS id, b.*
     FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::int8[], $8::int4[], $9::int4[])
+                $7::int8[], $8::int4[])
         WITH ORDINALITY AS b(endpoint_id, subscription_id, table_name, operation, message_id,
-                             payload, sync_run_id, first_member, records, n)
+                             payload, sync_run_id, records, n)
 ), messages AS (
     INSERT INTO webhook.delivery (id, endpoint_id, subscription_id, table_name, operation, payload,
                                   status, attempts, next_attempt_at, message_id, records,
@@ -128,9 +128,11 @@ WITH b AS (
            b.sync_run_id
     FROM b
 ), members AS (
-    UPDATE webhook.delivery d SET status = 'batched', batch_id = b.id, message_id = b.message_id
-    FROM b
-    WHERE d.id = ANY ($10) AND d.id = ANY ($10[b.first_member:b.first_member + b.records - 1])
+    UPDATE webhook.delivery d
+    SET status = 'batched', batch_id = (SELECT array_agg(b.id ORDER BY b.n) FROM b)[c.n],
+        message_id = ($5::text[])[c.n]
+    FROM unnest($9::int8[], $10::int8[]) AS c(id, n)
+    WHERE d.id = ANY ($9) AND d.id = c.id
 )
 SELECT b.id FROM b ORDER BY b.n";
 
@@ -250,7 +252,7 @@ const FORM: Statement = (
         TEXTARRAYOID,
         INT8ARRAYOID,
         INT4ARRAYOID,
-        INT4ARRAYOID,
+        INT8ARRAYOID,
         INT8ARRAYOID,
         FLOAT8OID,
     ],
@@ -427,9 +429,10 @@ struct Batches {
     message_ids: Vec<String>,
     bodies: Vec<String>,
     sync_run_ids: Vec<Option<i64>>,
-    first_members: Vec<i32>,
     records: Vec<i32>,
+    /// Every message's changes, and the message (numbered from 1) of each.
     members: Vec<i64>,
+    member_of: Vec<i64>,
 }
 
 impl Batches {
@@ -442,9 +445,10 @@ impl Batches {
         self.message_ids.push(message::new_id());
         self.bodies.push(message.body);
         self.sync_run_ids.push(head.sync_run_id);
-        self.first_members.push(self.members.len() as i32 + 1);
         self.records.push(members.len() as i32);
         self.members.extend(members.iter().map(|&i| rows[i].id));
+        let number = self.records.len() as i64;
+        self.member_of.extend(members.iter().map(|_| number));
     }
 }
 
@@ -525,9 +529,9 @@ fn form(
                 as_strs(&batches.message_ids).into(),
                 as_strs(&batches.bodies).into(),
                 batches.sync_run_ids.into(),
-                batches.first_members.into(),
                 batches.records.into(),
                 batches.members.into(),
+                batches.member_of.into(),
                 (lease.as_millis() as f64).into(),
             ],
         )?
