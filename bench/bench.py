@@ -261,6 +261,53 @@ def census_drain(cluster, nginx, rows):
     return result
 
 
+def sync_run(cluster, nginx, rows, per_s=50, min_commits=500, limit_s=900):
+    """Figure 11: a sync run of `rows` rows (a rownd endpoint) while single-row changes to another
+    table commit at `per_s`: the run's reading rate (rows queued per second, from its start to
+    the end of its reading) and the live changes' commit-to-receipt latency meanwhile."""
+    with cluster.connect() as db:
+        for t in ("s_big", "s_live"):
+            db.execute(f"CREATE TABLE {t} ({COLUMNS})")
+            db.execute("SELECT webhook.create_endpoint(%s, %s)", (t, nginx.url(f"/{t}")))
+            db.execute("SELECT webhook.watch(%s, %s)", (t, t))
+        db.execute("SELECT webhook.alter_endpoint('s_big', enabled => false)")  # no capture cost
+        db.execute(f"INSERT INTO s_big (name, email, score, amount) SELECT 'n' || g, 'e' || g || '@x.y', g, g * 1.5"
+                   f" FROM generate_series(1, {rows}) g")
+        db.execute("TRUNCATE webhook.delivery, webhook.attempt")
+        db.execute("VACUUM ANALYZE s_big")
+        db.execute("SELECT webhook.alter_endpoint('s_big', enabled => true)")
+        run = db.execute("SELECT webhook.sync('s_big', 's_big')").fetchone()[0]
+        committed, read_end, i = {}, None, 0
+        start = time.monotonic()
+        while (read_end is None or i < min_commits) and time.monotonic() - start < limit_s:
+            time.sleep(max(0, start + i / per_s - time.monotonic()))
+            i += 1
+            db.execute("INSERT INTO s_live (id, name) VALUES (%s, 'live')", (i,))
+            committed[i] = time.time()
+            if read_end is None and i % 5 == 0:
+                status, at = db.execute("SELECT status, clock_timestamp() FROM webhook.sync_runs WHERE id = %s",
+                                        (run,)).fetchone()
+                if status not in ("queued", "reading"):
+                    read_end = at
+        started, queued = db.execute("SELECT started_at, rows_queued FROM webhook.sync_runs WHERE id = %s",
+                                     (run,)).fetchone()
+        deadline = time.monotonic() + 60
+        while db.execute("SELECT count(*) FROM webhook.deliveries WHERE endpoint = 's_live' AND status = 'delivered'"
+                         ).fetchone()[0] < i:
+            if time.monotonic() > deadline:
+                raise RuntimeError("sync figure: live deliveries did not arrive in 60 s")
+            time.sleep(0.1)
+        ids = dict(db.execute("SELECT message_id, (payload #>> '{data,id}')::bigint FROM webhook.deliveries"
+                              " WHERE endpoint = 's_live'").fetchall())
+        received = {w: float(ms) for ms, w in nginx.log() if w in ids}
+        lat = sorted((received[m] - committed[r]) * 1000 for m, r in ids.items() if m in received and r in committed)
+        reading_s = (read_end - started).total_seconds() if read_end else None
+        db.execute("SELECT webhook.drop_endpoint('s_big')")  # the run's remaining deliveries go with it
+        return {"rows": rows, "rows_queued": queued, "reading_s": reading_s,
+                "reading_rows_per_s": queued / reading_s if reading_s else None,
+                "live": {"n": len(lat), "p50": lat[len(lat) // 2], "p99": lat[max(0, int(len(lat) * 0.99) - 1)]}}
+
+
 def worker_rss_mb(db):
     """The workers' private memory (RssAnon): VmRSS also counts the shared buffers they touched."""
     pids = [r[0] for r in db.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'webhook delivery worker'")]
@@ -289,8 +336,9 @@ def main():
     ap.add_argument("--backlog-rows", type=int, default=1_000_000)
     ap.add_argument("--backlog-cycles", type=int, default=3, help="fill / drain / retention cycles (figure 5)")
     ap.add_argument("--burst-rows", type=int, default=50_000, help="rows per burst (figure 8)")
-    ap.add_argument("--only", choices=["statistics", "census", "filters"],
-                    help="run figure 8 alone, figure 9 with its rownd baseline (figure 3's drain), or figure 10")
+    ap.add_argument("--sync-rows", type=int, default=1_000_000, help="rows of the sync run (figure 11)")
+    ap.add_argument("--only", choices=["statistics", "census", "filters", "sync"],
+                    help="run figure 8 alone, figure 9 with its rownd baseline (figure 3's drain), 10 or 11")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     results = {}
@@ -308,6 +356,12 @@ def main():
         if args.only == "statistics":
             cluster = new_cluster()
             results["8_statistics_states"] = statistics_states(cluster, nginx, args.burst_rows)
+            cluster.cleanup()
+            print(json.dumps(results, indent=2, default=str))
+            return
+        if args.only == "sync":
+            cluster = new_cluster()
+            results["11_sync_run"] = sync_run(cluster, nginx, args.sync_rows)
             cluster.cleanup()
             print(json.dumps(results, indent=2, default=str))
             return
@@ -421,6 +475,11 @@ def main():
         # 10. filters that send nothing, against the unwatched writes
         cluster = new_cluster()
         results["10_filters"] = filters(cluster, nginx.url("/filters"), args.seconds, args.rounds)
+        cluster.cleanup()
+
+        # 11. a sync run of a large table while live changes flow
+        cluster = new_cluster()
+        results["11_sync_run"] = sync_run(cluster, nginx, args.sync_rows)
         cluster.cleanup()
 
         # 6. two workers (duplicates are counted among this figure's own requests)
