@@ -259,3 +259,40 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'drop_endpoint_0_3_wrapper';
 REVOKE ALL ON FUNCTION webhook.drop_endpoint(text, bool) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION webhook.drop_endpoint(text, bool) TO webhook_admin;
+
+-- ---- Health in SQL, lifecycle and alert events (issue 14, SPEC §6) --------------------------
+-- endpoint_stats gains oldest_due_age (a new last column: replaced in place).
+CREATE OR REPLACE VIEW webhook.endpoint_stats AS
+SELECT e.name AS endpoint,
+       count(d.id) FILTER (WHERE m.status IN ('pending', 'delivering')) AS pending,
+       count(d.id) FILTER (WHERE m.status = 'delivered') AS delivered,
+       count(d.id) FILTER (WHERE m.status = 'failed') AS failed,
+       e.consecutive_failures, e.last_success_at, e.last_failure_at,
+       -- How long the longest-waiting due delivery has been due (an expired lease is due again).
+       now() - min(m.next_attempt_at) FILTER (WHERE m.status IN ('pending', 'delivering')
+                                               AND m.next_attempt_at <= now()) AS oldest_due_age
+FROM webhook.endpoint e
+LEFT JOIN webhook.delivery d ON d.endpoint_id = e.id AND d.records IS NULL
+LEFT JOIN webhook.delivery m ON m.id = coalesce(d.batch_id, d.id)
+GROUP BY e.id;
+
+-- The delivery workers, from shared memory.
+CREATE FUNCTION webhook."_workers"() RETURNS TABLE (
+	"pid" INT,
+	"database" TEXT,
+	"started_at" timestamp with time zone,
+	"last_loop_at" timestamp with time zone,
+	"in_flight" INT,
+	"last_error" TEXT
+)
+STRICT VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'workers_wrapper';
+REVOKE ALL ON FUNCTION webhook._workers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook._workers() TO webhook_admin;
+CREATE VIEW webhook.workers AS
+SELECT w.pid, w.database, w.started_at, w.last_loop_at, w.in_flight, w.last_error
+FROM webhook._workers() w;
+REVOKE ALL ON webhook.workers FROM PUBLIC;
+GRANT SELECT ON webhook.workers TO webhook_admin;

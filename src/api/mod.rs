@@ -5,6 +5,7 @@
 mod compat;
 mod deliveries;
 mod endpoints;
+mod health;
 mod subscriptions;
 
 use crate::error::{Result, WebhookError};
