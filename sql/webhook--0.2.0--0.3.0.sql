@@ -296,3 +296,29 @@ SELECT w.pid, w.database, w.started_at, w.last_loop_at, w.in_flight, w.last_erro
 FROM webhook._workers() w;
 REVOKE ALL ON webhook.workers FROM PUBLIC;
 GRANT SELECT ON webhook.workers TO webhook_admin;
+
+-- Events an endpoint receives, and the state alerts and disable_after are decided on.
+ALTER TABLE webhook.endpoint
+    ADD COLUMN events text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN failing_since timestamptz,
+    ADD COLUMN alert_raised_at timestamptz;
+-- An endpoint failing at the upgrade counts its failing time from now.
+UPDATE webhook.endpoint SET failing_since = now() WHERE consecutive_failures > 0;
+CREATE OR REPLACE VIEW webhook.endpoints AS
+SELECT e.name, e.url, e.method, e.headers, e.description, e.format, e.batch_size, e.enabled,
+       p.until IS NOT NULL AS rotation_overlap, p.until AS rotation_overlap_until, e.created_at,
+       e.events
+FROM webhook.endpoint e
+CROSS JOIN LATERAL (SELECT max(p.expires_at) AS until FROM webhook.previous_secret p
+                    WHERE p.endpoint_id = e.id AND p.expires_at > now()) p;
+
+CREATE FUNCTION webhook."subscribe_events"(
+	"endpoint" TEXT,
+	"events" TEXT[]
+) RETURNS void
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'subscribe_events_wrapper';
+REVOKE ALL ON FUNCTION webhook.subscribe_events(text, text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook.subscribe_events(text, text[]) TO webhook_admin;

@@ -15,6 +15,7 @@ type WorkerRow = (
 
 /// One row per running delivery worker; read by the view `webhook.workers`. Nothing when the
 /// library is not preloaded (no worker runs then).
+#[allow(clippy::type_complexity)] // pgrx reads the column names from this signature
 #[pg_extern(name = "_workers", security_definer, volatile)]
 #[search_path(pg_catalog, pg_temp)]
 fn workers() -> TableIterator<

@@ -5,6 +5,7 @@
 mod compat;
 mod deliveries;
 mod endpoints;
+mod events;
 mod health;
 mod subscriptions;
 

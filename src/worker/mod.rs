@@ -3,6 +3,7 @@
 //! it after a second), and leases make sure nothing claimed is lost.
 
 mod claim;
+mod health;
 mod sender;
 
 use crate::error::OrRaise;
