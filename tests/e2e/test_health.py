@@ -70,3 +70,34 @@ def test_oldest_due_age_grows_while_disabled(db, receiver, name):
     receiver.wait_for(1, f"/ok/{name}")
     wait_until(lambda: one(db, "SELECT oldest_due_age IS NULL AND pending = 0 FROM webhook.endpoint_stats"
                                " WHERE endpoint = %s", name), 10, "nothing due once delivered")
+
+
+def test_last_error_is_shown_by_the_restarted_worker(receiver, name):
+    """A worker ends on an ERROR (here: a trigger on webhook.attempt that fails its record
+    step); PostgreSQL starts it again, and its row shows why its predecessor ended."""
+    c = Cluster().start()
+    try:
+        with c.connect() as conn:
+            conn.execute("CREATE EXTENSION webhook")
+            [(first, *_)] = wait_until(lambda: workers(conn), 30, "the worker")
+            make_table(conn, name)
+            endpoint(conn, name, receiver.url(f"/ok/{name}"))
+            conn.execute(f"SELECT webhook.watch('{name}', %s)", (name,))
+            conn.execute("CREATE FUNCTION public.boom() RETURNS trigger LANGUAGE plpgsql AS"
+                         " $$BEGIN RAISE EXCEPTION 'boom from test_health'; END$$")
+            conn.execute("CREATE TRIGGER boom BEFORE INSERT ON webhook.attempt"
+                         " FOR EACH ROW EXECUTE FUNCTION public.boom()")
+            conn.execute(f"INSERT INTO {name} VALUES (1, 'a')")
+            receiver.wait_for(1, f"/ok/{name}")
+
+            def restarted():
+                rows = workers(conn)
+                return len(rows) == 1 and rows[0][0] != first and rows[0][5] and rows[0]
+            row = wait_until(restarted, 30, "the restarted worker with the last error")
+            assert "boom from test_health" in row[5]
+            live = [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'webhook delivery worker'")]
+            assert live == [row[0]]
+            conn.execute("DROP TRIGGER boom ON webhook.attempt")
+    finally:
+        c.cleanup()
