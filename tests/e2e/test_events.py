@@ -102,6 +102,18 @@ def test_endpoint_disabled_after_disable_after(db, cluster, receiver, name):
         wait_until(lambda: (one(db, age, name) or 0) > 0.5, 5, "the queued change to wait")
         assert len(receiver.requests(f"/status/500/{name}")) == n
         assert all("type" not in json.loads(r.body) for r in receiver.requests(f"/status/500/{name}"))
+        # Enabled again, it fails on; disable_after counts from the re-enable, not from the
+        # first failure, so it is not disabled by its first attempt.
+        enabled_at = one(db, "SELECT clock_timestamp()")
+        db.execute("SELECT webhook.alter_endpoint(%s, enabled => true)", (name,))
+        wait_until(lambda: one(db, "SELECT NOT enabled FROM webhook.endpoints WHERE name = %s", name),
+                   15, "the endpoint to be disabled again")
+        second = events_of(receiver.wait_for(2, f"/ok/{name}/w"), watcher)[1]
+        assert second["type"] == "endpoint.disabled"
+        since = one(db, "SELECT %s::timestamptz", second["data"]["failing_since"])
+        assert since >= enabled_at
+        attempts = receiver.requests(f"/status/500/{name}")[n:]
+        assert attempts[-1].received - attempts[0].received >= 1.0
     finally:
         cluster.reset("webhook.disable_after")
 
