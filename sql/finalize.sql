@@ -5,7 +5,8 @@
 -- (The same definition is in webhook--0.2.0--0.3.0.sql.)
 CREATE VIEW webhook.endpoints AS
 SELECT e.name, e.url, e.method, e.headers, e.description, e.format, e.batch_size, e.enabled,
-       p.until IS NOT NULL AS rotation_overlap, p.until AS rotation_overlap_until, e.created_at
+       p.until IS NOT NULL AS rotation_overlap, p.until AS rotation_overlap_until, e.created_at,
+       e.events
 FROM webhook.endpoint e
 CROSS JOIN LATERAL (SELECT max(p.expires_at) AS until FROM webhook.previous_secret p
                     WHERE p.endpoint_id = e.id AND p.expires_at > now()) p;
@@ -48,7 +49,10 @@ SELECT e.name AS endpoint,
        count(d.id) FILTER (WHERE m.status IN ('pending', 'delivering')) AS pending,
        count(d.id) FILTER (WHERE m.status = 'delivered') AS delivered,
        count(d.id) FILTER (WHERE m.status = 'failed') AS failed,
-       e.consecutive_failures, e.last_success_at, e.last_failure_at
+       e.consecutive_failures, e.last_success_at, e.last_failure_at,
+       -- How long the longest-waiting due delivery has been due (an expired lease is due again).
+       now() - min(m.next_attempt_at) FILTER (WHERE m.status IN ('pending', 'delivering')
+                                               AND m.next_attempt_at <= now()) AS oldest_due_age
 FROM webhook.endpoint e
 LEFT JOIN webhook.delivery d ON d.endpoint_id = e.id AND d.records IS NULL
 LEFT JOIN webhook.delivery m ON m.id = coalesce(d.batch_id, d.id)
@@ -59,6 +63,13 @@ CREATE VIEW webhook.sync_runs AS
 SELECT r.id, e.name AS endpoint, r.table_name, r.status, r.rows_total, r.rows_sent, r.rows_failed,
        r.triggered_at, r.started_at, r.finished_at, r.error, r.rows_queued
 FROM webhook.sync_run r JOIN webhook.endpoint e ON e.id = r.endpoint_id;
+
+-- One row per running delivery worker, from shared memory (webhook._workers()). last_error is
+-- the error that last ended a worker in that slot; it survives the restart that follows.
+-- (The same definitions are in webhook--0.2.0--0.3.0.sql.)
+CREATE VIEW webhook.workers AS
+SELECT w.pid, w.database, w.started_at, w.last_loop_at, w.in_flight, w.last_error
+FROM webhook._workers() w;
 
 -- Functions are executable by PUBLIC by default in PostgreSQL; none of ours should be.
 -- The capture trigger needs no grant to fire for roles that write watched tables.
@@ -77,8 +88,8 @@ BEGIN
 END
 $$;
 GRANT USAGE ON SCHEMA webhook TO webhook_admin;
-GRANT SELECT ON webhook.endpoints, webhook.subscriptions, webhook.deliveries, webhook.attempts, webhook.sync_runs,
-                webhook.endpoint_stats TO webhook_admin;
+GRANT SELECT ON webhook.endpoints, webhook.subscriptions, webhook.deliveries, webhook.attempts,
+                webhook.endpoint_stats, webhook.workers, webhook.sync_runs TO webhook_admin;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA webhook TO webhook_admin;
 
 -- Dropping a watched table removes its subscriptions, so nothing refers to a table that no

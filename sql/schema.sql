@@ -23,7 +23,13 @@ CREATE TABLE webhook.endpoint (
     -- Records per request: census up to 1000 (create_endpoint's default 100), rownd always 1.
     batch_size                 integer NOT NULL DEFAULT 1,
     CONSTRAINT endpoint_batch_size_check
-        CHECK (batch_size BETWEEN 1 AND 1000 AND (format = 'census' OR batch_size = 1))
+        CHECK (batch_size BETWEEN 1 AND 1000 AND (format = 'census' OR batch_size = 1)),
+    -- 0.3.0, lifecycle and alert events (SPEC §6): the event types this endpoint receives
+    -- (subscribe_events), when its current run of failed attempts began (NULL: its last attempt
+    -- succeeded), and when endpoint.alert.raised was sent about it (NULL: no alert open).
+    events                     text[] NOT NULL DEFAULT '{}',
+    failing_since              timestamptz,
+    alert_raised_at            timestamptz
 );
 
 -- Secrets rotated out that keep signing until expires_at (webhook.rotation_overlap after the

@@ -309,3 +309,66 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'cancel_sync_wrapper';
 REVOKE ALL ON FUNCTION webhook.sync(regclass, text), webhook.cancel_sync(bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION webhook.sync(regclass, text), webhook.cancel_sync(bigint) TO webhook_admin;
+
+-- ---- Health in SQL, lifecycle and alert events (issue 14, SPEC §6) --------------------------
+-- endpoint_stats gains oldest_due_age (a new last column: replaced in place).
+CREATE OR REPLACE VIEW webhook.endpoint_stats AS
+SELECT e.name AS endpoint,
+       count(d.id) FILTER (WHERE m.status IN ('pending', 'delivering')) AS pending,
+       count(d.id) FILTER (WHERE m.status = 'delivered') AS delivered,
+       count(d.id) FILTER (WHERE m.status = 'failed') AS failed,
+       e.consecutive_failures, e.last_success_at, e.last_failure_at,
+       -- How long the longest-waiting due delivery has been due (an expired lease is due again).
+       now() - min(m.next_attempt_at) FILTER (WHERE m.status IN ('pending', 'delivering')
+                                               AND m.next_attempt_at <= now()) AS oldest_due_age
+FROM webhook.endpoint e
+LEFT JOIN webhook.delivery d ON d.endpoint_id = e.id AND d.records IS NULL
+LEFT JOIN webhook.delivery m ON m.id = coalesce(d.batch_id, d.id)
+GROUP BY e.id;
+
+-- The delivery workers, from shared memory.
+CREATE FUNCTION webhook."_workers"() RETURNS TABLE (
+	"pid" INT,
+	"database" TEXT,
+	"started_at" timestamp with time zone,
+	"last_loop_at" timestamp with time zone,
+	"in_flight" INT,
+	"last_error" TEXT
+)
+STRICT VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'workers_wrapper';
+REVOKE ALL ON FUNCTION webhook._workers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook._workers() TO webhook_admin;
+CREATE VIEW webhook.workers AS
+SELECT w.pid, w.database, w.started_at, w.last_loop_at, w.in_flight, w.last_error
+FROM webhook._workers() w;
+REVOKE ALL ON webhook.workers FROM PUBLIC;
+GRANT SELECT ON webhook.workers TO webhook_admin;
+
+-- Events an endpoint receives, and the state alerts and disable_after are decided on.
+ALTER TABLE webhook.endpoint
+    ADD COLUMN events text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN failing_since timestamptz,
+    ADD COLUMN alert_raised_at timestamptz;
+-- An endpoint failing at the upgrade counts its failing time from now.
+UPDATE webhook.endpoint SET failing_since = now() WHERE consecutive_failures > 0;
+CREATE OR REPLACE VIEW webhook.endpoints AS
+SELECT e.name, e.url, e.method, e.headers, e.description, e.format, e.batch_size, e.enabled,
+       p.until IS NOT NULL AS rotation_overlap, p.until AS rotation_overlap_until, e.created_at,
+       e.events
+FROM webhook.endpoint e
+CROSS JOIN LATERAL (SELECT max(p.expires_at) AS until FROM webhook.previous_secret p
+                    WHERE p.endpoint_id = e.id AND p.expires_at > now()) p;
+
+CREATE FUNCTION webhook."subscribe_events"(
+	"endpoint" TEXT,
+	"events" TEXT[]
+) RETURNS void
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'subscribe_events_wrapper';
+REVOKE ALL ON FUNCTION webhook.subscribe_events(text, text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook.subscribe_events(text, text[]) TO webhook_admin;

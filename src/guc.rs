@@ -21,6 +21,8 @@ pub static ALLOWED_NETWORKS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
 pub static RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 86_400);
 pub static ROTATION_OVERLAP_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
+pub static ALERT_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static DISABLE_AFTER_S: GucSetting<i32> = GucSetting::<i32>::new(5 * 86_400);
 
 fn register_postmaster_settings() {
     GucRegistry::define_string_guc(
@@ -136,6 +138,26 @@ pub fn register(preloading: bool) {
         0,
         30 * 86_400,
         GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"webhook.alert_threshold",
+        c"Failed attempts in a row after which endpoint.alert.raised is sent about an endpoint.",
+        c"Sent once when an endpoint's consecutive_failures reaches this; endpoint.alert.resolved follows its next success.",
+        &ALERT_THRESHOLD,
+        1,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"webhook.disable_after",
+        c"How long an endpoint may fail without a success before it is disabled; 0 never disables.",
+        c"Checked when an attempt fails; the disabled endpoint's deliveries wait, and endpoint.disabled is sent.",
+        &DISABLE_AFTER_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
         GucFlags::UNIT_S,
     );
 }
@@ -256,6 +278,14 @@ pub fn retention_secs() -> i32 {
 
 pub fn rotation_overlap_secs() -> i32 {
     ROTATION_OVERLAP_S.get()
+}
+
+pub fn alert_threshold() -> i32 {
+    ALERT_THRESHOLD.get()
+}
+
+pub fn disable_after_secs() -> i32 {
+    DISABLE_AFTER_S.get()
 }
 
 pub fn network_policy() -> NetworkPolicy {

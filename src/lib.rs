@@ -16,6 +16,7 @@ mod capture;
 mod delivery;
 mod endpoint;
 mod error;
+mod events;
 mod guc;
 mod http;
 mod log;

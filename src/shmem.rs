@@ -1,8 +1,8 @@
-//! Shared memory: the delivery workers' latches, so a committing backend can wake them.
-//! Exists only when the library is in shared_preload_libraries.
+//! Shared memory: the delivery workers' latches, so a committing backend can wake them, and
+//! their health (`webhook.workers`). Exists only when the library is in shared_preload_libraries.
 
 use pgrx::pg_sys;
-use pgrx::{pg_guard, pg_shmem_init, PgAtomic};
+use pgrx::{pg_guard, pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -14,6 +14,66 @@ static LATCHES: PgAtomic<[AtomicUsize; MAX_WORKERS]> =
     unsafe { PgAtomic::new(c"webhook_worker_latches") };
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
+/// Bytes of a worker's last error kept (the message is cut at a character boundary).
+const ERROR_LEN: usize = 512;
+
+/// What one worker slot publishes. `pid` 0: no worker runs in the slot (never started, stopped,
+/// or ended by an error and not restarted yet); `last_error` outlives the process, so the
+/// restarted worker's row shows why its predecessor ended.
+#[derive(Clone, Copy)]
+pub struct Health {
+    pub pid: i32,
+    pub started_at: pg_sys::TimestampTz,
+    pub last_loop_at: pg_sys::TimestampTz,
+    pub in_flight: i32,
+    error_len: u16,
+    error: [u8; ERROR_LEN],
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            pid: 0,
+            started_at: 0,
+            last_loop_at: 0,
+            in_flight: 0,
+            error_len: 0,
+            error: [0; ERROR_LEN],
+        }
+    }
+}
+
+impl Health {
+    pub fn last_error(&self) -> Option<String> {
+        (self.error_len > 0)
+            .then(|| String::from_utf8_lossy(&self.error[..self.error_len as usize]).into_owned())
+    }
+
+    fn set_error(&mut self, message: &str) {
+        let mut end = message.len().min(ERROR_LEN);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.error[..end].copy_from_slice(&message.as_bytes()[..end]);
+        self.error_len = end as u16;
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct Workers([Health; MAX_WORKERS]);
+
+// SAFETY: plain old data (integers and a byte array), no pointers: valid at any address and in
+// any process that maps the segment.
+unsafe impl PGRXSharedMemory for Workers {}
+
+// SAFETY: "webhook_worker_health" is this extension's own shared memory and LWLock tranche name.
+static WORKERS: PgLwLock<Workers> = unsafe { PgLwLock::new(c"webhook_worker_health") };
+
+thread_local! {
+    /// This process's worker slot, once it has published itself.
+    static MY_SLOT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
 thread_local! {
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
     static WAKE_AT_COMMIT: Cell<bool> = const { Cell::new(false) };
@@ -22,6 +82,7 @@ thread_local! {
 /// Called from `_PG_init` while preloading.
 pub fn init() {
     pg_shmem_init!(LATCHES);
+    pg_shmem_init!(WORKERS);
     PRELOADED.store(true, Ordering::Relaxed);
 }
 
@@ -35,6 +96,58 @@ pub fn publish_latch(slot: usize) {
 
 pub fn withdraw_latch(slot: usize) {
     LATCHES.get()[slot].store(0, Ordering::SeqCst);
+}
+
+fn now() -> pg_sys::TimestampTz {
+    // SAFETY: reads the system clock; callable in any PostgreSQL process.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// A worker starting in `slot` shows itself in `webhook.workers` (keeping the last error).
+pub fn worker_started(slot: usize) {
+    MY_SLOT.with(|s| s.set(Some(slot)));
+    let now = now();
+    let mut workers = WORKERS.exclusive();
+    let h = &mut workers.0[slot];
+    // SAFETY: a plain read of MyProcPid, set by PostgreSQL before any extension code runs.
+    h.pid = unsafe { pg_sys::MyProcPid };
+    h.started_at = now;
+    h.last_loop_at = now;
+    h.in_flight = 0;
+}
+
+/// Once per loop: the worker is alive, with this many requests in flight.
+pub fn worker_looped(in_flight: usize) {
+    let Some(slot) = MY_SLOT.with(Cell::get) else {
+        return;
+    };
+    let now = now();
+    let mut workers = WORKERS.exclusive();
+    workers.0[slot].last_loop_at = now;
+    workers.0[slot].in_flight = in_flight.min(i32::MAX as usize) as i32;
+}
+
+/// The worker stops: its row goes; with `error`, the reason stays for its successor's row.
+pub fn worker_stopping(error: Option<&str>) {
+    let Some(slot) = MY_SLOT.with(Cell::get) else {
+        return;
+    };
+    let mut workers = WORKERS.exclusive();
+    let h = &mut workers.0[slot];
+    h.pid = 0;
+    h.in_flight = 0;
+    if let Some(message) = error {
+        h.set_error(message);
+    }
+}
+
+/// Every slot with a running worker, by slot; empty unless preloaded.
+pub fn workers() -> Vec<Health> {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        return Vec::new();
+    }
+    let workers = WORKERS.share();
+    workers.0.iter().filter(|h| h.pid != 0).copied().collect()
 }
 
 fn wake_workers() {

@@ -151,7 +151,10 @@ pub(super) fn alter_endpoint_0_3(
                     if batch_sizes {
                         "UPDATE webhook.endpoint SET url = coalesce($2, url), method = coalesce($3, method),
                             headers = coalesce($4, headers), description = coalesce($5, description),
-                            enabled = coalesce($6, enabled), format = $7, batch_size = $8
+                            enabled = coalesce($6, enabled), format = $7, batch_size = $8,
+                            -- Enabled again: disable_after counts failures from now on.
+                            failing_since = CASE WHEN $6 AND NOT enabled AND failing_since IS NOT NULL
+                                                 THEN now() ELSE failing_since END
                          WHERE id = $1"
                     } else {
                         "UPDATE webhook.endpoint SET url = coalesce($2, url), method = coalesce($3, method),

@@ -5,6 +5,8 @@
 mod compat;
 mod deliveries;
 mod endpoints;
+mod events;
+mod health;
 mod subscriptions;
 mod sync;
 

@@ -2,11 +2,12 @@
 //! remove delivered ones past retention. Every statement handles a whole batch, is prepared
 //! once per worker, and has one plan whatever the queue's statistics say.
 
+use super::health;
 use super::sender::{Job, Outcome};
 use crate::delivery::{self, Status};
 use crate::error::{not_null, Result};
 use crate::http::{Destination, DESTINATION_COLUMNS};
-use crate::{message, schedule};
+use crate::{events, guc, message, schedule};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
@@ -143,6 +144,7 @@ SELECT b.id FROM b ORDER BY b.n";
 // index delivery_due a candidate.) Each outcome carries the delivery's next status, the wait
 // before a retry (NULL: none) and whether it was delivered; attempts are recorded for the
 // outcomes that were applied.
+// (`event` is events::IS_EVENT_SQL, spelled out: tests/isolation/run.sh reads this text.)
 const RECORD_SQL: &str = "
 WITH r AS (
     SELECT * FROM unnest($1::int8[], $2::int4[], $3::float8[], $4::float8[], $5::int4[],
@@ -159,21 +161,44 @@ WITH r AS (
                    CASE WHEN r.delivered THEN now() ELSE d.delivered_at END
             FROM r WHERE r.id = d.id AND r.attempt = d.attempts)
     WHERE d.id = ANY ($1) AND (d.id, d.attempts) = ANY (ARRAY(SELECT (r.id, r.attempt) FROM r))
-    RETURNING d.id, d.attempts
+    RETURNING d.id, d.attempts, d.endpoint_id, d.status, d.message_id, d.table_name,
+              d.last_status_code, d.last_error, position('.' in d.operation) > 0 AS event
+), attempts AS (
+    INSERT INTO webhook.attempt
+        (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body)
+    SELECT r.id, r.attempt, to_timestamp(r.started), r.duration_ms, r.status_code, r.error, r.body
+    FROM r WHERE (r.id, r.attempt) = ANY (ARRAY(SELECT (c.id, c.attempts) FROM recorded c))
+    ON CONFLICT DO NOTHING
 )
-INSERT INTO webhook.attempt
-    (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body)
-SELECT r.id, r.attempt, to_timestamp(r.started), r.duration_ms, r.status_code, r.error, r.body
-FROM r WHERE (r.id, r.attempt) = ANY (ARRAY(SELECT (c.id, c.attempts) FROM recorded c))
-ON CONFLICT DO NOTHING";
+-- The outcomes applied, for endpoint health and events: event deliveries are marked (they
+-- never count toward health or raise events), dead letters carry what delivery.failed says.
+SELECT c.id, c.event, c.status = 'failed' AS dead, c.message_id, e.name AS endpoint,
+       c.table_name, c.last_status_code, c.last_error
+FROM recorded c LEFT JOIN webhook.endpoint e ON e.id = c.endpoint_id";
 
+// The endpoints an outcome batch changes, locked (in id order: workers never deadlock) and as
+// they are now, with how long each has been failing and how long its alert has been open.
+const HEALTH_STATE_SQL: &str = "
+SELECT e.id, e.name, e.consecutive_failures, e.enabled, e.alert_raised_at IS NOT NULL AS raised,
+       extract(epoch FROM now() - e.failing_since)::float8 AS failing_secs,
+       to_char(e.failing_since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS failing_since
+FROM webhook.endpoint e WHERE e.id = ANY($1)
+ORDER BY e.id
+FOR UPDATE";
+
+// Each endpoint's new health, decided by `health::decide` ($5/$6: 'now', 'clear' or 'keep').
 const HEALTH_SQL: &str = "
 UPDATE webhook.endpoint e SET
-    consecutive_failures = CASE WHEN u.succeeded THEN u.trailing_failures
-                                ELSE e.consecutive_failures + u.trailing_failures END,
+    consecutive_failures = u.consecutive_failures,
     last_success_at = CASE WHEN u.succeeded THEN now() ELSE e.last_success_at END,
-    last_failure_at = CASE WHEN u.failed THEN now() ELSE e.last_failure_at END
-FROM unnest($1::int8[], $2::bool[], $3::int4[], $4::bool[]) AS u(id, succeeded, trailing_failures, failed)
+    last_failure_at = CASE WHEN u.failed THEN now() ELSE e.last_failure_at END,
+    failing_since = CASE u.failing_since WHEN 'now' THEN now() WHEN 'clear' THEN NULL
+                                         ELSE e.failing_since END,
+    alert_raised_at = CASE u.alert WHEN 'now' THEN now() WHEN 'clear' THEN NULL
+                                   ELSE e.alert_raised_at END,
+    enabled = e.enabled AND NOT u.disable
+FROM unnest($1::int8[], $2::bool[], $3::int4[], $4::bool[], $5::text[], $6::text[], $7::bool[])
+    AS u(id, succeeded, consecutive_failures, failed, failing_since, alert, disable)
 WHERE e.id = u.id AND e.id = ANY($1)";
 
 const NEXT_DUE_SQL: &str = "
@@ -237,9 +262,18 @@ const RECORD: Statement = (
         TEXTARRAYOID,
     ],
 );
+const HEALTH_STATE: Statement = (HEALTH_STATE_SQL, &[INT8ARRAYOID]);
 const HEALTH: Statement = (
     HEALTH_SQL,
-    &[INT8ARRAYOID, BOOLARRAYOID, INT4ARRAYOID, BOOLARRAYOID],
+    &[
+        INT8ARRAYOID,
+        BOOLARRAYOID,
+        INT4ARRAYOID,
+        BOOLARRAYOID,
+        TEXTARRAYOID,
+        TEXTARRAYOID,
+        BOOLARRAYOID,
+    ],
 );
 const FORM: Statement = (
     FORM_SQL,
@@ -272,6 +306,7 @@ struct Statements {
     form: OwnedPreparedStatement,
     destinations: OwnedPreparedStatement,
     record: OwnedPreparedStatement,
+    health_state: OwnedPreparedStatement,
     health: OwnedPreparedStatement,
     next_due: OwnedPreparedStatement,
     retention: OwnedPreparedStatement,
@@ -286,6 +321,7 @@ fn statements() -> Result<Rc<Statements>> {
     if let Some(s) = STATEMENTS.with(|s| s.borrow().clone()) {
         return Ok(s);
     }
+    debug_assert!(RECORD_SQL.contains(crate::events::IS_EVENT_SQL));
     let prepared = Spi::connect(|c| -> Result<Statements> {
         let types =
             |args: &[PgBuiltInOids]| args.iter().map(|t| PgOid::BuiltIn(*t)).collect::<Vec<_>>();
@@ -300,6 +336,7 @@ fn statements() -> Result<Rc<Statements>> {
             form: write(FORM)?,
             destinations: read(destinations())?,
             record: write(RECORD)?,
+            health_state: write(HEALTH_STATE)?,
             health: write(HEALTH)?,
             next_due: read(NEXT_DUE)?,
             retention: write(retention())?,
@@ -664,7 +701,9 @@ pub fn next_due() -> Result<Option<f64>> {
     })
 }
 
-/// Record finished attempts: one attempt row each, the delivery's next state, endpoint health.
+/// Record finished attempts: one attempt row each, the delivery's next state, endpoint health
+/// (alerts, disabling) and the events they raise, `delivery.failed` for dead letters. Event
+/// deliveries' outcomes are recorded like any other but raise nothing.
 pub fn record(outcomes: &[Outcome], delays: &[Duration]) -> Result<()> {
     if outcomes.is_empty() {
         return Ok(());
@@ -679,8 +718,6 @@ pub fn record(outcomes: &[Outcome], delays: &[Duration]) -> Result<()> {
     let mut retry_in_ms: Vec<Option<f64>> = Vec::new();
     let mut delivered = Vec::new();
     let mut bodies: Vec<Option<String>> = Vec::new();
-    // Per endpoint, in completion order: (succeeded in this batch, failures since the last success, failed).
-    let mut health: HashMap<i64, (bool, i32, bool)> = HashMap::new();
     for o in outcomes {
         let r = &o.result;
         let next = schedule::next_step(r.success(), o.attempt_in_cycle, delays, r.retry_after);
@@ -694,50 +731,156 @@ pub fn record(outcomes: &[Outcome], delays: &[Duration]) -> Result<()> {
         retry_in_ms.push(next.retry_in().map(|d| d.as_secs_f64() * 1000.0));
         delivered.push(next.status() == Status::Delivered);
         bodies.push(r.response_body.as_ref().map(|b| b.replace('\0', "")));
-        let h = health.entry(o.endpoint_id).or_insert((false, 0, false));
-        if r.success() {
-            *h = (true, 0, h.2);
-        } else {
-            *h = (h.0, h.1 + 1, true);
-        }
-    }
-    let (mut h_ids, mut h_ok, mut h_trailing, mut h_failed) = (vec![], vec![], vec![], vec![]);
-    for (id, (ok, trailing, failed)) in health {
-        h_ids.push(id);
-        h_ok.push(ok);
-        h_trailing.push(trailing);
-        h_failed.push(failed);
     }
     let statements = statements()?;
     Spi::connect_mut(|client| {
-        client.update(
-            &statements.record,
-            None,
-            &[
-                ids.into(),
-                attempts.into(),
-                started.into(),
-                durations.into(),
-                codes.into(),
-                errors.into(),
-                statuses.into(),
-                retry_in_ms.into(),
-                delivered.into(),
-                bodies.into(),
-            ],
-        )?;
-        client.update(
-            &statements.health,
-            None,
-            &[
-                h_ids.into(),
-                h_ok.into(),
-                h_trailing.into(),
-                h_failed.into(),
-            ],
-        )?;
+        let applied = client
+            .update(
+                &statements.record,
+                None,
+                &[
+                    ids.into(),
+                    attempts.into(),
+                    started.into(),
+                    durations.into(),
+                    codes.into(),
+                    errors.into(),
+                    statuses.into(),
+                    retry_in_ms.into(),
+                    delivered.into(),
+                    bodies.into(),
+                ],
+            )?
+            .map(|row| Applied::read(&row))
+            .collect::<Result<Vec<_>>>()?;
+        // Health counts the applied outcomes of row deliveries, per endpoint in completion order.
+        let counted: HashMap<i64, &Applied> = applied
+            .iter()
+            .filter(|a| !a.event)
+            .map(|a| (a.id, a))
+            .collect();
+        let mut batches: Vec<(i64, health::Batch)> = Vec::new();
+        for o in outcomes
+            .iter()
+            .filter(|o| counted.contains_key(&o.delivery_id))
+        {
+            let i = match batches.iter().position(|(e, _)| *e == o.endpoint_id) {
+                Some(i) => i,
+                None => {
+                    batches.push((o.endpoint_id, health::Batch::default()));
+                    batches.len() - 1
+                }
+            };
+            let r = &o.result;
+            batches[i]
+                .1
+                .add(r.success(), r.status.map(i32::from), r.error.clone());
+        }
+        update_health(client, &statements, batches)?;
+        for dead in applied.iter().filter(|a| a.dead && !a.event) {
+            let data = serde_json::json!({
+                "delivery_id": dead.id,
+                "webhook_id": dead.message_id,
+                "endpoint": dead.endpoint,
+                "table": dead.table_name,
+                "last_status_code": dead.last_status_code,
+                "last_error": dead.last_error,
+            });
+            events::emit(client, events::DELIVERY_FAILED, data, None)?;
+        }
         Ok(())
     })
+}
+
+/// An outcome RECORD_SQL applied.
+struct Applied {
+    id: i64,
+    event: bool,
+    dead: bool,
+    message_id: Option<String>,
+    endpoint: Option<String>,
+    table_name: Option<String>,
+    last_status_code: Option<i32>,
+    last_error: Option<String>,
+}
+
+impl Applied {
+    fn read(row: &pgrx::spi::SpiHeapTupleData) -> Result<Applied> {
+        Ok(Applied {
+            id: not_null(row, "id")?,
+            event: not_null(row, "event")?,
+            dead: not_null(row, "dead")?,
+            message_id: row.get_by_name("message_id")?,
+            endpoint: row.get_by_name("endpoint")?,
+            table_name: row.get_by_name("table_name")?,
+            last_status_code: row.get_by_name("last_status_code")?,
+            last_error: row.get_by_name("last_error")?,
+        })
+    }
+}
+
+/// Apply each endpoint's batch of outcomes to its health, and queue the events that raises.
+fn update_health(
+    client: &mut SpiClient,
+    statements: &Statements,
+    batches: Vec<(i64, health::Batch)>,
+) -> Result<()> {
+    if batches.is_empty() {
+        return Ok(());
+    }
+    let endpoint_ids: Vec<i64> = batches.iter().map(|(e, _)| *e).collect();
+    let states: HashMap<i64, health::State> = client
+        .update(&statements.health_state, None, &[endpoint_ids.into()])?
+        .map(|row| {
+            Ok((
+                not_null(&row, "id")?,
+                health::State {
+                    name: not_null(&row, "name")?,
+                    consecutive_failures: not_null(&row, "consecutive_failures")?,
+                    enabled: not_null(&row, "enabled")?,
+                    raised: not_null(&row, "raised")?,
+                    failing_secs: row.get_by_name("failing_secs")?,
+                    failing_since: row.get_by_name("failing_since")?,
+                },
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let (threshold, disable_after) = (guc::alert_threshold(), guc::disable_after_secs());
+    let mut columns: (Vec<i64>, Vec<bool>, Vec<i32>, Vec<bool>) = Default::default();
+    let mut changes: (Vec<&str>, Vec<&str>, Vec<bool>) = Default::default();
+    let mut raised = Vec::new();
+    for (endpoint, batch) in &batches {
+        // An endpoint dropped meanwhile has no health to keep.
+        let Some(state) = states.get(endpoint) else {
+            continue;
+        };
+        let d = health::decide(state, batch, threshold, disable_after);
+        columns.0.push(*endpoint);
+        columns.1.push(batch.succeeded);
+        columns.2.push(d.consecutive_failures);
+        columns.3.push(batch.failed);
+        changes.0.push(d.failing_since.as_sql());
+        changes.1.push(d.alert.as_sql());
+        changes.2.push(d.disable);
+        raised.extend(d.events.into_iter().map(|e| (*endpoint, e)));
+    }
+    client.update(
+        &statements.health,
+        None,
+        &[
+            columns.0.into(),
+            columns.1.into(),
+            columns.2.into(),
+            columns.3.into(),
+            changes.0.into(),
+            changes.1.into(),
+            changes.2.into(),
+        ],
+    )?;
+    for (endpoint, (event_type, data)) in raised {
+        events::emit(client, event_type, data, Some(endpoint))?;
+    }
+    Ok(())
 }
 
 /// Delete up to `limit` delivered deliveries older than `retention_secs`; returns how many.
@@ -796,6 +939,8 @@ mod tests {
         ),
         ("form", FORM, &[("delivery_pkey", "id = ANY")]),
         ("record", RECORD, &[("delivery_pkey", "id = ANY")]),
+        ("health_state", HEALTH_STATE, &[]),
+        ("health", HEALTH, &[]),
         (
             "next_due",
             NEXT_DUE,
@@ -873,6 +1018,11 @@ mod tests {
         for child in node["Plans"].as_array().into_iter().flatten() {
             check_scans(context, child, allowed);
         }
+    }
+
+    #[pg_test]
+    fn record_marks_event_deliveries_as_events_does() {
+        assert!(RECORD_SQL.contains(&format!("{} AS event", crate::events::IS_EVENT_SQL)));
     }
 
     #[pg_test]

@@ -3,11 +3,13 @@
 //! it after a second), and leases make sure nothing claimed is lost.
 
 mod claim;
+mod health;
 mod sender;
 
 use crate::error::OrRaise;
 use crate::{guc, http, shmem};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use sender::{Outcome, Pool};
 use std::collections::HashMap;
@@ -115,11 +117,23 @@ fn wait(timeout: Duration, idle: bool) {
     pgrx::check_for_interrupts!();
 }
 
-/// Run one step in its own transaction; an error is raised, which ends the worker.
+/// Run one step in its own transaction; an error is raised, which ends the worker. Its message
+/// is published first (`webhook.workers.last_error`), so the restarted worker shows it.
 fn step<R>(
     f: impl FnOnce() -> crate::error::Result<R> + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
 ) -> R {
-    BackgroundWorker::transaction(|| f().or_raise())
+    BackgroundWorker::transaction(|| {
+        PgTryBuilder::new(|| f().or_raise())
+            .catch_others(|cause| {
+                let message = match &cause {
+                    CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => e.message(),
+                    CaughtError::RustPanic { ereport, .. } => ereport.message(),
+                };
+                shmem::worker_stopping(Some(message));
+                cause.rethrow()
+            })
+            .execute()
+    })
 }
 
 fn record(outcomes: &[Outcome], delays: &[Duration]) {
@@ -322,6 +336,7 @@ impl Loop {
         }
         record(&done, &guc::retry_delays());
         shmem::withdraw_latch(self.slot);
+        shmem::worker_stopping(None);
         log!("webhook delivery worker {} stopped", self.slot);
     }
 }
@@ -333,6 +348,7 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = guc::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    shmem::worker_started(slot);
     step(claim::configure_session);
     shmem::publish_latch(slot);
     log!("webhook delivery worker {slot} started in database \"{database}\"");
@@ -347,6 +363,7 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
         if worker.read_sync_runs() {
             sleep = Duration::ZERO;
         }
+        shmem::worker_looped(worker.total_in_flight());
         let busy = worker.total_in_flight() > 0;
         if busy {
             sleep = sleep.min(RESULT_POLL);

@@ -30,7 +30,9 @@ SELECT endpoint, table_name, operation, status, attempts, next_attempt_at <= now
        last_status_code, last_error, created_at <= now() AS created, delivered_at,
        payload->'data' AS data
 FROM webhook.deliveries ORDER BY endpoint, id;
-SELECT * FROM webhook.endpoint_stats ORDER BY endpoint;
+SELECT endpoint, pending, delivered, failed, consecutive_failures, last_success_at, last_failure_at,
+       oldest_due_age > interval '0' AS due  -- how long: it grows while nothing delivers
+FROM webhook.endpoint_stats ORDER BY endpoint;
 
 -- What a worker records (by hand here). For crm: user 1 delivered at the first attempt; user 2
 -- failed once (HTTP 503) and waits for its retry; user 3 failed all 6 attempts (dead letter).
