@@ -12,7 +12,7 @@ use super::payload::{self, Change, Meta, Op, Row};
 use super::{rfc3339, stored_options, table};
 use crate::endpoint::Format;
 use crate::error::{not_null, Result, WebhookError};
-use crate::message;
+use crate::{events, message};
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, SpiClient};
 
@@ -53,8 +53,9 @@ GROUP BY r.id";
 /// a run is still active).
 pub fn step(chunk: i64) -> Result<(bool, bool)> {
     let active = update_progress()?;
+    let events_due = send_events()?;
     let Some(run) = next_run()? else {
-        return Ok((false, active));
+        return Ok((false, active || events_due));
     };
     match in_subtransaction(|| read_chunk(&run, chunk)) {
         Ok(more) => Ok((more, true)),
@@ -92,6 +93,88 @@ fn update_progress() -> Result<bool> {
             )?;
         }
         Ok(active)
+    })
+}
+
+/// A run's next sync.* event: not yet, none (a step that does not apply), or this one.
+enum Next {
+    Wait,
+    Skip,
+    Send(&'static str),
+}
+
+/// The runs with sync.* events still to send, and what those events say.
+const EVENTS_DUE_SQL: &str = "
+SELECT r.id, r.status, r.events_sent, r.events_pending, r.rows_total, r.rows_sent, r.rows_failed,
+       e.name AS endpoint, r.table_name,
+       (extract(epoch FROM coalesce(r.finished_at, now()) - coalesce(r.started_at, r.triggered_at))
+        * 1000)::int8 AS duration_ms,
+       r.started_at IS NOT NULL AS started,
+       NOT EXISTS (SELECT FROM webhook.delivery d WHERE d.id = ANY (r.events_pending)
+                   AND d.status IN ('pending', 'delivering')) AS previous_done
+FROM webhook.sync_run r JOIN webhook.endpoint e ON e.id = r.endpoint_id
+WHERE r.events_sent < CASE WHEN r.status IN ('success', 'failed') THEN 4
+                           WHEN r.status = 'cancelled' THEN 3 ELSE 2 END
+ORDER BY r.id";
+
+/// Queue each run's next sync.* event once the previous one's deliveries are all delivered or
+/// dead-lettered (SPEC §6): triggered; started, once reading began; completed, once the run
+/// ended; then success or failed (a cancelled run ends with completed). True while any run has
+/// events left to send.
+fn send_events() -> Result<bool> {
+    Spi::connect_mut(|client| {
+        let mut due = Vec::new();
+        for row in client.update(EVENTS_DUE_SQL, None, &[])? {
+            let id: i64 = not_null(&row, "id")?;
+            let status: String = not_null(&row, "status")?;
+            let sent: i32 = not_null(&row, "events_sent")?;
+            let previous_done: bool = not_null(&row, "previous_done")?;
+            let mut data = serde_json::json!({
+                "run_id": id,
+                "endpoint": not_null::<String>(&row, "endpoint")?,
+                "table": not_null::<String>(&row, "table_name")?,
+            });
+            let started: bool = not_null(&row, "started")?;
+            let event = match sent {
+                0 => Next::Send(events::SYNC_TRIGGERED),
+                // A run cancelled before it began reading never started: no sync.started.
+                1 if status == "cancelled" && !started => Next::Skip,
+                1 if status != "queued" => {
+                    data["rows_total"] = row.get_by_name::<i64, _>("rows_total")?.into();
+                    Next::Send(events::SYNC_STARTED)
+                }
+                2 | 3 if matches!(status.as_str(), "success" | "failed" | "cancelled") => {
+                    data["rows_total"] = row.get_by_name::<i64, _>("rows_total")?.into();
+                    data["status"] = status.clone().into();
+                    data["rows_sent"] = not_null::<i64>(&row, "rows_sent")?.into();
+                    data["rows_failed"] = not_null::<i64>(&row, "rows_failed")?.into();
+                    data["duration_ms"] = not_null::<i64>(&row, "duration_ms")?.into();
+                    Next::Send(match (sent, status.as_str()) {
+                        (2, _) => events::SYNC_COMPLETED,
+                        (_, "success") => events::SYNC_SUCCESS,
+                        _ => events::SYNC_FAILED,
+                    })
+                }
+                _ => Next::Wait,
+            };
+            due.push((id, previous_done, event, data));
+        }
+        let any = !due.is_empty();
+        for (id, previous_done, event, data) in due {
+            let ids = match event {
+                _ if !previous_done => continue,
+                Next::Wait => continue,
+                Next::Skip => Vec::new(),
+                Next::Send(event) => events::emit(client, event, data, None)?,
+            };
+            client.update(
+                "UPDATE webhook.sync_run SET events_sent = events_sent + 1, events_pending = $2
+                 WHERE id = $1",
+                None,
+                &[id.into(), ids.into()],
+            )?;
+        }
+        Ok(any)
     })
 }
 

@@ -181,3 +181,50 @@ def test_a_run_resumes_after_the_worker_is_killed(receiver, name):
             assert restarts == 1
     finally:
         cluster.cleanup()
+
+
+def test_sync_events_arrive_in_order_each_after_the_previous(db, receiver, name):
+    """sync.triggered, started, completed, success: one run's events to every endpoint subscribed
+    to them, each sent only once the previous one was delivered, with exactly SPEC §6's keys."""
+    make_table(db, name)
+    db.execute(f"INSERT INTO {name} SELECT g, 'x' FROM generate_series(1, 20) g")
+    endpoint(db, name, receiver.url(f"/ok/{name}"))
+    db.execute("SELECT webhook.watch(%s, %s)", (name, name))
+    secrets = {}
+    for watcher in ("a", "b"):
+        # One observer answers slowly: the next event must still wait for it.
+        path = f"/sleep/0.3/{name}/{watcher}" if watcher == "a" else f"/ok/{name}/{watcher}"
+        secrets[watcher] = endpoint(db, f"{name}_{watcher}", receiver.url(path))
+        db.execute("SELECT webhook.subscribe_events(%s, %s)",
+                   (f"{name}_{watcher}", ["sync.triggered", "sync.started", "sync.completed", "sync.success",
+                                          "sync.failed"]))
+    run = one(db, "SELECT webhook.sync(%s, %s)", name, name)
+    wait_run(db, run)
+    keys = {"run_id", "endpoint", "table"}
+    expected = [("sync.triggered", keys), ("sync.started", keys | {"rows_total"}),
+                ("sync.completed", keys | {"rows_total", "status", "rows_sent", "rows_failed", "duration_ms"}),
+                ("sync.success", keys | {"rows_total", "status", "rows_sent", "rows_failed", "duration_ms"})]
+    for watcher, path in (("a", f"/sleep/0.3/{name}/a"), ("b", f"/ok/{name}/b")):
+        got = receiver.wait_for(4, path, timeout=30)
+        assert [r.json()["type"] for r in got] == [t for t, _ in expected]
+        for r, (_, k) in zip(got, expected):
+            assert verify(r, secrets[watcher]) == (True, True)
+            body = r.json()
+            assert set(body) == {"type", "timestamp", "data"} and set(body["data"]) == k, body
+            assert body["data"]["run_id"] == run and body["data"]["table"] == f"public.{name}"
+        assert got[2].json()["data"]["status"] == "success" and got[2].json()["data"]["rows_sent"] == 20
+    # Event n+1 was queued only after event n was delivered to both: the slow observer answers
+    # 0.3 s after it receives (the receiver records a request on arrival).
+    slow = receiver.received(f"/sleep/0.3/{name}/a")
+    fast = receiver.received(f"/ok/{name}/b")
+    for n in range(3):
+        assert fast[n + 1].received >= slow[n].received + 0.3, "an event left before the previous one was delivered"
+    # A run cancelled before it read anything: triggered, then completed (cancelled), nothing else.
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (f"{name}_a",))
+    db.execute("SELECT webhook.subscribe_events(%s, '{}')", (f"{name}_a",))
+    with db.transaction():
+        run2 = one(db, "SELECT webhook.sync(%s, %s)", name, name)
+        db.execute("SELECT webhook.cancel_sync(%s)", (run2,))
+    got = receiver.wait_for(6, f"/ok/{name}/b", timeout=30)[4:]
+    assert [(r.json()["type"], r.json()["data"].get("status")) for r in got] == [
+        ("sync.triggered", None), ("sync.completed", "cancelled")]
