@@ -15,6 +15,17 @@ use crate::error::{not_null, Result, WebhookError};
 use crate::{events, message};
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, SpiClient};
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+/// How often the runs' counts, ends and events are brought up to date.
+const COUNT_EVERY: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// When the counts were last brought up to date, and whether a run was active and had
+    /// events left to send then.
+    static LAST_COUNT: Cell<Option<(Instant, bool, bool)>> = const { Cell::new(None) };
+}
 
 /// A run being read, as `next_run` finds it.
 struct Run {
@@ -52,8 +63,16 @@ GROUP BY r.id";
 /// `chunk` rows of the oldest run still reading. Returns (a run may have rows left to read,
 /// a run is still active).
 pub fn step(chunk: i64) -> Result<(bool, bool)> {
-    let active = update_progress()?;
-    let events_due = send_events()?;
+    // Counting a run's unfinished messages reads its index entries, hundreds of thousands while
+    // a large run is being sent: once a second is enough for its counts, its end and its events.
+    let (active, events_due) = match LAST_COUNT.get() {
+        Some((at, active, events_due)) if at.elapsed() < COUNT_EVERY => (active, events_due),
+        _ => {
+            let counted = (update_progress()?, send_events()?);
+            LAST_COUNT.set(Some((Instant::now(), counted.0, counted.1)));
+            counted
+        }
+    };
     let Some(run) = next_run()? else {
         return Ok((false, active || events_due));
     };
