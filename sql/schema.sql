@@ -115,11 +115,6 @@ CREATE INDEX delivery_batch ON webhook.delivery (batch_id) WHERE status = 'batch
 -- Retention finds old delivered rows without scanning the queue.
 CREATE INDEX delivery_delivered ON webhook.delivery (delivered_at) WHERE status = 'delivered';
 
--- A sync run's unfinished and dead-lettered messages, so its progress and end are counted
--- without reading the rows it already delivered. Capture never writes sync_run_id, so this
--- index never takes a live change.
-CREATE INDEX delivery_sync_run ON webhook.delivery (sync_run_id, status)
-    WHERE sync_run_id IS NOT NULL AND status IN ('pending', 'delivering', 'failed');
 
 -- Every attempt, with what came back (at most 64 KiB of the body).
 CREATE TABLE webhook.attempt (

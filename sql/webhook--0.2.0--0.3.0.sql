@@ -261,8 +261,6 @@ REVOKE ALL ON FUNCTION webhook.drop_endpoint(text, bool) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION webhook.drop_endpoint(text, bool) TO webhook_admin;
 
 -- ---- Sync runs (issue 14, SPEC §6) -----------------------------------------------------------
-CREATE INDEX delivery_sync_run ON webhook.delivery (sync_run_id, status)
-    WHERE sync_run_id IS NOT NULL AND status IN ('pending', 'delivering', 'failed');
 CREATE TABLE webhook.sync_run (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     endpoint_id     bigint NOT NULL REFERENCES webhook.endpoint (id) ON DELETE CASCADE,

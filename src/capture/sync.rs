@@ -18,7 +18,7 @@ use pgrx::spi::{quote_identifier, SpiClient};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-/// How often the runs' counts, ends and events are brought up to date.
+/// How often finished runs are ended and their events queued.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
 
 thread_local! {
@@ -48,23 +48,22 @@ WHERE r.id = (SELECT q.id FROM webhook.sync_run q WHERE q.status IN ('queued', '
 RETURNING r.id, r.endpoint_id, r.subscription_id, r.relid, r.after_key,
           (extract(epoch FROM r.started_at) * 1000000)::int8 - 946684800000000 AS started_us";
 
+// A run still sending ends once every row it queued was delivered or dead-lettered: the
+// worker's record statement counts them into rows_sent and rows_failed as their messages end.
 const PROGRESS_SQL: &str = "
-SELECT r.id, r.status, r.rows_queued,
-       coalesce(sum(coalesce(d.records, 1)) FILTER (WHERE d.status IN ('pending', 'delivering')), 0)::int8
-           AS unfinished,
-       coalesce(sum(coalesce(d.records, 1)) FILTER (WHERE d.status = 'failed'), 0)::int8 AS failed
-FROM webhook.sync_run r
-LEFT JOIN webhook.delivery d ON d.sync_run_id = r.id AND d.status IN ('pending', 'delivering', 'failed')
-WHERE r.status IN ('reading', 'sending')
-GROUP BY r.id";
+UPDATE webhook.sync_run r
+SET status = CASE WHEN r.rows_failed > 0 THEN 'failed' ELSE 'success' END, finished_at = now()
+WHERE r.status = 'sending' AND r.rows_sent + r.rows_failed >= r.rows_queued";
+
+const ACTIVE_SQL: &str = "
+SELECT EXISTS (SELECT FROM webhook.sync_run r WHERE r.status IN ('queued', 'reading', 'sending'))";
 
 /// One step of the sync runs, in the caller's transaction: bring every active run's counts up
 /// to date (ending the runs whose deliveries are all done), then read one chunk of at most
 /// `chunk` rows of the oldest run still reading. Returns (a run may have rows left to read,
 /// a run is still active).
 pub fn step(chunk: i64) -> Result<(bool, bool)> {
-    // Counting a run's unfinished messages reads its index entries, hundreds of thousands while
-    // a large run is being sent: once a second is enough for its counts, its end and its events.
+    // Once a second is enough to end runs and queue their events.
     let (active, events_due) = match LAST_COUNT.get() {
         Some((at, active, events_due)) if at.elapsed() < COUNT_EVERY => (active, events_due),
         _ => {
@@ -85,33 +84,15 @@ pub fn step(chunk: i64) -> Result<(bool, bool)> {
     }
 }
 
-/// Update the counts of the runs reading or sending; true when there is any.
+/// End the runs whose rows are all delivered or dead-lettered; true while any run is active.
 fn update_progress() -> Result<bool> {
     Spi::connect_mut(|client| {
-        let runs = client.update(PROGRESS_SQL, None, &[])?;
-        let mut updates = Vec::new();
-        for row in runs {
-            let id: i64 = not_null(&row, "id")?;
-            let status: String = not_null(&row, "status")?;
-            let queued: i64 = not_null(&row, "rows_queued")?;
-            let unfinished: i64 = not_null(&row, "unfinished")?;
-            let failed: i64 = not_null(&row, "failed")?;
-            let done = status == "sending" && unfinished == 0;
-            updates.push((id, queued - unfinished - failed, failed, done));
-        }
-        let active = !updates.is_empty();
-        for (id, sent, failed, done) in updates {
-            client.update(
-                "UPDATE webhook.sync_run SET rows_sent = $2, rows_failed = $3,
-                        status = CASE WHEN $4 THEN CASE WHEN $3 > 0 THEN 'failed' ELSE 'success' END
-                                      ELSE status END,
-                        finished_at = CASE WHEN $4 THEN now() ELSE finished_at END
-                 WHERE id = $1",
-                None,
-                &[id.into(), sent.into(), failed.into(), done.into()],
-            )?;
-        }
-        Ok(active)
+        client.update(PROGRESS_SQL, None, &[])?;
+        Ok(client
+            .select(ACTIVE_SQL, None, &[])?
+            .first()
+            .get_one::<bool>()?
+            .unwrap_or(false))
     })
 }
 

@@ -162,7 +162,18 @@ WITH r AS (
             FROM r WHERE r.id = d.id AND r.attempt = d.attempts)
     WHERE d.id = ANY ($1) AND (d.id, d.attempts) = ANY (ARRAY(SELECT (r.id, r.attempt) FROM r))
     RETURNING d.id, d.attempts, d.endpoint_id, d.status, d.message_id, d.table_name,
-              d.last_status_code, d.last_error, position('.' in d.operation) > 0 AS event
+              d.last_status_code, d.last_error, position('.' in d.operation) > 0 AS event,
+              d.sync_run_id, d.records
+), runs AS (
+    -- A sync run's rows delivered and dead-lettered, counted as their messages end (a census
+    -- message counts its records).
+    UPDATE webhook.sync_run s
+    SET rows_sent = s.rows_sent + x.sent, rows_failed = s.rows_failed + x.failed
+    FROM (SELECT c.sync_run_id,
+                 coalesce(sum(coalesce(c.records, 1)) FILTER (WHERE c.status = 'delivered'), 0) AS sent,
+                 coalesce(sum(coalesce(c.records, 1)) FILTER (WHERE c.status = 'failed'), 0) AS failed
+          FROM recorded c WHERE c.sync_run_id IS NOT NULL GROUP BY c.sync_run_id) x
+    WHERE s.id = x.sync_run_id
 ), attempts AS (
     INSERT INTO webhook.attempt
         (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body)
