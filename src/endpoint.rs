@@ -259,10 +259,22 @@ mod tests {
         assert_eq!(resolve_batch_size(Census, Some(1), None).unwrap(), 1);
         assert_eq!(resolve_batch_size(Rownd, Some(1), None).unwrap(), 1);
         // Unchanged format keeps its size; a switch resets it; an explicit size wins.
-        assert_eq!(resolve_batch_size(Census, None, Some((Census, 7))).unwrap(), 7);
-        assert_eq!(resolve_batch_size(Rownd, None, Some((Census, 7))).unwrap(), 1);
-        assert_eq!(resolve_batch_size(Census, None, Some((Rownd, 1))).unwrap(), 100);
-        assert_eq!(resolve_batch_size(Census, Some(5), Some((Rownd, 1))).unwrap(), 5);
+        assert_eq!(
+            resolve_batch_size(Census, None, Some((Census, 7))).unwrap(),
+            7
+        );
+        assert_eq!(
+            resolve_batch_size(Rownd, None, Some((Census, 7))).unwrap(),
+            1
+        );
+        assert_eq!(
+            resolve_batch_size(Census, None, Some((Rownd, 1))).unwrap(),
+            100
+        );
+        assert_eq!(
+            resolve_batch_size(Census, Some(5), Some((Rownd, 1))).unwrap(),
+            5
+        );
         for (format, bad, accepted) in [
             (Census, 0, "1 to 1000"),
             (Census, 1001, "1 to 1000"),

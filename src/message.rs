@@ -47,7 +47,10 @@ impl Generator {
         let mut id = String::with_capacity(ID_LEN);
         id.push_str(ID_PREFIX);
         push_base62(&mut id, self.high);
-        push_base62(&mut id, (u64::from(self.low) << 32) | u64::from(self.counter));
+        push_base62(
+            &mut id,
+            (u64::from(self.low) << 32) | u64::from(self.counter),
+        );
         id
     }
 }
@@ -76,12 +79,14 @@ pub fn new_id() -> String {
     })
 }
 
+/// Changes of one stream (subscription, table and sync run: live changes have none) may share a
+/// message; changes of different streams never do.
+pub type Stream<'a> = (Option<i64>, Option<&'a str>, Option<i64>);
+
 /// A census change queued without a message yet, as the claim returned it.
 #[derive(Debug, Clone)]
 pub struct Change<'a> {
-    /// Changes of one stream (subscription, table and sync run: live changes have none) may
-    /// share a message; changes of different streams never do.
-    pub stream: (Option<i64>, Option<&'a str>, Option<i64>),
+    pub stream: Stream<'a>,
     pub id: i64,
     /// The single-record census envelope capture queued.
     pub payload: &'a str,
@@ -145,7 +150,11 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
 /// `sync_run_at` is the first record's), with `data` holding every envelope's records in order.
 fn batch_body(envelopes: &[&Envelope]) -> String {
     let first = envelopes[0];
-    let size: usize = first.0.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum();
+    let size: usize = first
+        .0
+        .iter()
+        .map(|(k, v)| k.len() + v.get().len() + 4)
+        .sum();
     let mut out = Vec::with_capacity(size + envelopes.len() * 64);
     out.push(b'{');
     for (i, (key, value)) in first.0.iter().enumerate() {
@@ -179,7 +188,7 @@ fn batch_body(envelopes: &[&Envelope]) -> String {
 /// (none is, unless the queue was edited by hand) is sent alone, as it is.
 pub fn plan(changes: &[Change], batch_size: usize, budget: usize) -> Vec<Planned> {
     let batch_size = batch_size.max(1);
-    let mut streams: Vec<(&(Option<i64>, Option<&str>, Option<i64>), Vec<usize>)> = Vec::new();
+    let mut streams: Vec<(&Stream, Vec<usize>)> = Vec::new();
     for (i, c) in changes.iter().enumerate() {
         match streams.iter_mut().find(|(s, _)| **s == c.stream) {
             Some((_, members)) => members.push(i),
@@ -321,7 +330,9 @@ mod tests {
         assert_eq!(first["sync_run_at"], "T1");
         assert_eq!(planned[1].operation, "deleted");
         // The envelope keeps the stored key order, with data last.
-        assert!(planned[0].body.starts_with(r#"{"api_version":1,"operation":"changed","sync_run_at":"T1","#));
+        assert!(planned[0]
+            .body
+            .starts_with(r#"{"api_version":1,"operation":"changed","sync_run_at":"T1","#));
         assert!(planned[0].body.ends_with(r#""data":[{"id":1},{"id":2}]}"#));
     }
 

@@ -74,21 +74,20 @@ pub(super) fn create_endpoint_0_3(
                 "INSERT INTO webhook.endpoint (name, url, method, headers, description, format, secret)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)"
             };
-            client
-                .update(
-                    insert,
-                    None,
-                    &[
-                        name.as_str().into(),
-                        url.as_str().into(),
-                        method.as_str().into(),
-                        JsonB(headers).into(),
-                        description.into(),
-                        format.into(),
-                        secret.as_str().into(),
-                        batch_size.into(),
-                    ],
-                )?;
+            client.update(
+                insert,
+                None,
+                &[
+                    name.as_str().into(),
+                    url.as_str().into(),
+                    method.as_str().into(),
+                    JsonB(headers).into(),
+                    description.into(),
+                    format.into(),
+                    secret.as_str().into(),
+                    batch_size.into(),
+                ],
+            )?;
             Ok(())
         })?;
         Ok(secret)
