@@ -8,7 +8,8 @@
 //! - `worker`: the background worker: claims, sender pool, outcome recording.
 //! - `http`: the one HTTP client, used by the worker and by `test_endpoint`.
 //! - Pure modules with unit tests: `endpoint` and `subscription` (validated options), `sign`,
-//!   `schedule`, `network`, `delivery` (the queue's states); leaves: `guc`, `error`, `shmem`.
+//!   `schedule`, `network`, `delivery` (the queue's states), `message` (message ids, census
+//!   batches); leaves: `guc`, `error`, `shmem`.
 
 mod api;
 mod capture;

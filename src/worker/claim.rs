@@ -186,8 +186,9 @@ CROSS JOIN LATERAL (
 ) d
 WHERE e.enabled";
 
+// One row, NULL when the extension is not created.
 const INSTALLED_SQL: &str =
-    "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'webhook'";
+    "SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'webhook')";
 
 // Oldest first through delivery_delivered (the only index in that order).
 static RETENTION_SQL: LazyLock<String> = LazyLock::new(|| {
