@@ -8,8 +8,9 @@
 //! - `worker`: the background worker: claims, sender pool, outcome recording.
 //! - `http`: the one HTTP client, used by the worker and by `test_endpoint`.
 //! - Pure modules with unit tests: `endpoint` and `subscription` (validated options), `sign`,
-//!   `schedule`, `network`, `delivery` (the queue's states); leaves: `guc`, `error`, `shmem`,
-//!   `log` (keeps secrets out of the server log).
+//!   `schedule`, `network`, `delivery` (the queue's states), `message` (message ids, census
+//!   batches), `events` (lifecycle and alert events); leaves: `guc`, `error`, `shmem`, `log`
+//!   (keeps secrets out of the server log).
 
 mod api;
 mod capture;

@@ -79,12 +79,14 @@ pub fn new_id() -> String {
     })
 }
 
+/// Changes of one stream (subscription, table and sync run: live changes have none) may share a
+/// message; changes of different streams never do.
+pub type Stream<'a> = (Option<i64>, Option<&'a str>, Option<i64>);
+
 /// A census change queued without a message yet, as the claim returned it.
 #[derive(Debug, Clone)]
 pub struct Change<'a> {
-    /// Changes of one stream (subscription, table and sync run: live changes have none) may
-    /// share a message; changes of different streams never do.
-    pub stream: (Option<i64>, Option<&'a str>, Option<i64>),
+    pub stream: Stream<'a>,
     pub id: i64,
     /// The single-record census envelope capture queued.
     pub payload: &'a str,
