@@ -136,7 +136,7 @@ CREATE TABLE webhook.attempt (
 CREATE TABLE webhook.sync_run (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     endpoint_id     bigint NOT NULL REFERENCES webhook.endpoint (id) ON DELETE CASCADE,
-    subscription_id bigint REFERENCES webhook.subscription (id) ON DELETE SET NULL,
+    subscription_id bigint,          -- no foreign key: unwatch must not wait for a run being read
     relid           oid NOT NULL,
     table_name      text NOT NULL,   -- schema.table when the run was triggered
     status          text NOT NULL DEFAULT 'queued'

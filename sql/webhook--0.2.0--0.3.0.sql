@@ -264,7 +264,7 @@ GRANT EXECUTE ON FUNCTION webhook.drop_endpoint(text, bool) TO webhook_admin;
 CREATE TABLE webhook.sync_run (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     endpoint_id     bigint NOT NULL REFERENCES webhook.endpoint (id) ON DELETE CASCADE,
-    subscription_id bigint REFERENCES webhook.subscription (id) ON DELETE SET NULL,
+    subscription_id bigint,          -- no foreign key: unwatch must not wait for a run being read
     relid           oid NOT NULL,
     table_name      text NOT NULL,
     status          text NOT NULL DEFAULT 'queued'
