@@ -259,3 +259,31 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'drop_endpoint_0_3_wrapper';
 REVOKE ALL ON FUNCTION webhook.drop_endpoint(text, bool) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION webhook.drop_endpoint(text, bool) TO webhook_admin;
+
+-- ---- Ordering and replay (issue 15, SPEC §7) ------------------------------------------------
+-- redeliver_failed takes a window [since, until); replay is new. The 0.2.0 symbol of
+-- redeliver_failed stays in the library (api::compat) for the old definition.
+DROP FUNCTION webhook.redeliver_failed(text);
+CREATE FUNCTION webhook."redeliver_failed"(
+	"endpoint" TEXT,
+	"since" timestamp with time zone DEFAULT '-infinity',
+	"until" timestamp with time zone DEFAULT now()
+) RETURNS bigint
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'redeliver_failed_0_3_wrapper';
+REVOKE ALL ON FUNCTION webhook.redeliver_failed(text, timestamptz, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook.redeliver_failed(text, timestamptz, timestamptz) TO webhook_admin;
+
+CREATE FUNCTION webhook."replay"(
+	"endpoint" TEXT,
+	"since" timestamp with time zone,
+	"until" timestamp with time zone DEFAULT now()
+) RETURNS bigint
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'replay_wrapper';
+REVOKE ALL ON FUNCTION webhook.replay(text, timestamptz, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook.replay(text, timestamptz, timestamptz) TO webhook_admin;

@@ -54,3 +54,15 @@ fn alter_endpoint(
         None,
     )
 }
+
+/// 0.1.0 and 0.2.0: `redeliver_failed(endpoint)`, every failed delivery (no window).
+#[pg_extern(sql = false)]
+fn redeliver_failed(endpoint: Option<&str>) -> i64 {
+    use crate::delivery::Status;
+    use crate::error::OrRaise;
+    let run = || {
+        let endpoint = super::required(endpoint, "endpoint")?;
+        super::deliveries::requeue(endpoint, &[Status::Failed], Default::default())
+    };
+    run().or_raise()
+}
