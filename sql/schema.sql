@@ -23,7 +23,9 @@ CREATE TABLE webhook.endpoint (
     -- Records per request: census up to 1000 (create_endpoint's default 100), rownd always 1.
     batch_size                 integer NOT NULL DEFAULT 1,
     CONSTRAINT endpoint_batch_size_check
-        CHECK (batch_size BETWEEN 1 AND 1000 AND (format = 'census' OR batch_size = 1))
+        CHECK (batch_size BETWEEN 1 AND 1000 AND (format = 'census' OR batch_size = 1)),
+    -- 'key': deliveries of one subscription and key go one at a time, in commit order (SPEC §7).
+    ordering                   text NOT NULL DEFAULT 'none' CHECK (ordering IN ('none', 'key'))
 );
 
 -- Secrets rotated out that keep signing until expires_at (webhook.rotation_overlap after the
@@ -94,7 +96,12 @@ CREATE TABLE webhook.delivery (
     message_id       text,            -- msg_..., the webhook-id (SPEC §3)
     batch_id         bigint,          -- a batched census change: the message row carrying it
     records          integer,         -- a census message row: how many changes it carries
-    sync_run_id      bigint           -- a sync run's record (SPEC §6); NULL for live changes
+    sync_run_id      bigint,          -- a sync run's record (SPEC §6); NULL for live changes
+    -- Ordered endpoints (SPEC §7): a hash of the row's key (the new row's; the old row's for a
+    -- delete), and of the old key when an UPDATE changed it. NULL: not ordered. A census
+    -- change keeps its key while its message is unfinished.
+    order_key        bigint,
+    order_key_old    bigint
 );
 ALTER SEQUENCE webhook.delivery_id_seq OWNED BY webhook.delivery.id;
 -- The worker claims per enabled endpoint, oldest due first; id makes the order total, so a claim
@@ -105,6 +112,11 @@ CREATE INDEX delivery_due ON webhook.delivery (endpoint_id, next_attempt_at, id)
 -- A census message's changes, for the views, redeliver and deletes (never for new rows: capture
 -- writes pending ones, so this index costs the write path nothing).
 CREATE INDEX delivery_batch ON webhook.delivery (batch_id) WHERE status = 'batched';
+
+-- Ordered endpoints: a delivery may leave only when no earlier one of its subscription and key
+-- is unfinished; the claim looks for one through this index (capture inserts every new row).
+CREATE INDEX delivery_order ON webhook.delivery (subscription_id, order_key, id)
+    WHERE status IN ('pending', 'delivering', 'batched');
 
 -- Retention finds old delivered rows without scanning the queue.
 CREATE INDEX delivery_delivered ON webhook.delivery (delivered_at) WHERE status = 'delivered';

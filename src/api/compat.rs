@@ -52,6 +52,7 @@ fn alter_endpoint(
         enabled,
         format,
         None,
+        None,
     )
 }
 

@@ -43,12 +43,28 @@ pub fn configure_session() -> Result<()> {
     Ok(())
 }
 
+/// For an ordered endpoint (SPEC §7), the condition under which delivery `d` may leave: no
+/// earlier delivery of its subscription sharing one of its keys is unfinished (pending,
+/// delivering, or a change in a message that is). Reached through `delivery_order`. Per key,
+/// capture order is commit order (writers of one row take turns on its lock), so ids order it.
+/// CLAIM_SQL and NEXT_DUE_SQL repeat it word for word (tests/isolation/run.sh reads CLAIM_SQL
+/// as one string literal); a unit test checks that they do.
+#[cfg(any(test, feature = "pg_test"))]
+const UNBLOCKED: &str = "(NOT e.ordered OR d.order_key IS NULL OR NOT EXISTS (
+            SELECT FROM webhook.delivery p
+            WHERE p.subscription_id = d.subscription_id
+              AND p.order_key = ANY (ARRAY[d.order_key, d.order_key_old])
+              AND p.id < d.id AND p.status IN ('pending', 'delivering', 'batched')))";
+
 const CLAIM_SQL: &str = "
 WITH endpoints AS (
     -- Enabled endpoints, each with how many requests it may start (no endpoint gets more than
     -- $3 in flight; $4/$5: what each already has) and its cursor ($6/$7/$8: the last row it
-    -- claimed).
-    SELECT e.id, e.batch_size, c.after_at, c.after_id,
+    -- claimed). An ordered endpoint scans from the front: the rows its keys held back stay
+    -- before any cursor.
+    SELECT e.id, e.batch_size, e.ordering = 'key' AS ordered,
+           CASE WHEN e.ordering = 'none' THEN c.after_at END AS after_at,
+           CASE WHEN e.ordering = 'none' THEN c.after_id END AS after_id,
            greatest(0, least($1, $3 - coalesce(b.n, 0))) AS allowance
     FROM webhook.endpoint e
     LEFT JOIN unnest($4::int8[], $5::int4[]) AS b(endpoint_id, n) ON b.endpoint_id = e.id
@@ -69,6 +85,11 @@ WITH endpoints AS (
         WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'delivering')
           AND d.next_attempt_at <= now()
           AND (d.next_attempt_at, d.id) > (coalesce(e.after_at, '-infinity'), coalesce(e.after_id, 0))
+          AND (NOT e.ordered OR d.order_key IS NULL OR NOT EXISTS (
+            SELECT FROM webhook.delivery p
+            WHERE p.subscription_id = d.subscription_id
+              AND p.order_key = ANY (ARRAY[d.order_key, d.order_key_old])
+              AND p.id < d.id AND p.status IN ('pending', 'delivering', 'batched')))
         ORDER BY d.next_attempt_at, d.id
         LIMIT e.allowance * e.batch_size
         FOR UPDATE SKIP LOCKED
@@ -157,7 +178,16 @@ WITH r AS (
                    CASE WHEN r.delivered THEN now() ELSE d.delivered_at END
             FROM r WHERE r.id = d.id AND r.attempt = d.attempts)
     WHERE d.id = ANY ($1) AND (d.id, d.attempts) = ANY (ARRAY(SELECT (r.id, r.attempt) FROM r))
-    RETURNING d.id, d.attempts
+    RETURNING d.id, d.attempts, d.endpoint_id, d.records, d.status
+), released AS (
+    -- A finished census message of an ordered endpoint releases its changes' keys (SPEC §7).
+    UPDATE webhook.delivery c SET order_key = NULL, order_key_old = NULL
+    WHERE c.status = 'batched'
+      AND c.batch_id = ANY (ARRAY(
+          SELECT m.id FROM recorded m JOIN webhook.endpoint e ON e.id = m.endpoint_id
+          WHERE m.records IS NOT NULL AND m.status IN ('delivered', 'failed')
+            AND e.ordering = 'key'))
+      AND c.order_key IS NOT NULL
 )
 INSERT INTO webhook.attempt
     (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body)
@@ -174,15 +204,20 @@ UPDATE webhook.endpoint e SET
 FROM unnest($1::int8[], $2::bool[], $3::int4[], $4::bool[]) AS u(id, succeeded, trailing_failures, failed)
 WHERE e.id = u.id AND e.id = ANY($1)";
 
+// Rows an ordered endpoint's keys hold back are not due: their head's time is.
 const NEXT_DUE_SQL: &str = "
 SELECT extract(epoch FROM min(d.next_attempt_at) - now())::float8
-FROM webhook.endpoint e
+FROM (SELECT e.id, e.ordering = 'key' AS ordered FROM webhook.endpoint e WHERE e.enabled) e
 CROSS JOIN LATERAL (
     SELECT d.next_attempt_at FROM webhook.delivery d
     WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'delivering')
+      AND (NOT e.ordered OR d.order_key IS NULL OR NOT EXISTS (
+            SELECT FROM webhook.delivery p
+            WHERE p.subscription_id = d.subscription_id
+              AND p.order_key = ANY (ARRAY[d.order_key, d.order_key_old])
+              AND p.id < d.id AND p.status IN ('pending', 'delivering', 'batched')))
     ORDER BY d.next_attempt_at LIMIT 1
-) d
-WHERE e.enabled";
+) d";
 
 const VERSION_SQL: &str =
     "SELECT extversion::text FROM pg_catalog.pg_extension WHERE extname = 'webhook'";
@@ -788,22 +823,35 @@ mod tests {
             &[
                 ("delivery_due", "endpoint_id = e.id"),
                 ("delivery_pkey", "id = ANY"),
+                ("delivery_order", "order_key = ANY"),
             ],
         ),
         ("form", FORM, &[("delivery_pkey", "id = ANY")]),
-        ("record", RECORD, &[("delivery_pkey", "id = ANY")]),
+        (
+            "record",
+            RECORD,
+            &[
+                ("delivery_pkey", "id = ANY"),
+                ("delivery_batch", "batch_id = ANY"),
+            ],
+        ),
         (
             "next_due",
             NEXT_DUE,
-            &[("delivery_due", "endpoint_id = e.id")],
+            &[
+                ("delivery_due", "endpoint_id = e.id"),
+                ("delivery_order", "order_key = ANY"),
+            ],
         ),
     ];
 
-    const FILL_PENDING: &str = "INSERT INTO webhook.delivery (endpoint_id, operation, payload)
-        SELECT id, 'data_insert', '{}' FROM webhook.endpoint, generate_series(1, 20000)";
+    const FILL_PENDING: &str =
+        "INSERT INTO webhook.delivery (endpoint_id, subscription_id, operation, payload, order_key)
+        SELECT id, 1, 'data_insert', '{}', CASE WHEN g % 2 = 0 THEN g % 1000 END
+        FROM webhook.endpoint, generate_series(1, 20000) g";
     const FILL_BATCHED: &str =
-        "INSERT INTO webhook.delivery (endpoint_id, operation, payload, status, batch_id)
-        SELECT id, 'data_insert', '{}', 'batched', g / 100 FROM webhook.endpoint, generate_series(1, 20000) g";
+        "INSERT INTO webhook.delivery (endpoint_id, subscription_id, operation, payload, status, batch_id, order_key)
+        SELECT id, 1, 'data_insert', '{}', 'batched', g / 100, g % 7 FROM webhook.endpoint, generate_series(1, 20000) g";
     const FILL_DELIVERED: &str =
         "INSERT INTO webhook.delivery (endpoint_id, operation, payload, status, delivered_at)
         SELECT id, 'data_insert', '{}', 'delivered', now() - interval '30 days'
@@ -871,12 +919,18 @@ mod tests {
         }
     }
 
+    #[test]
+    fn claim_and_next_due_hold_back_the_same_rows() {
+        assert!(CLAIM_SQL.contains(UNBLOCKED));
+        assert!(NEXT_DUE_SQL.contains(UNBLOCKED));
+    }
+
     #[pg_test]
     fn worker_plans_keep_to_their_indexes_whatever_the_statistics() {
         configure_session().unwrap();
         Spi::run(
-            "INSERT INTO webhook.endpoint (name, url, secret)
-             VALUES ('plans', 'http://127.0.0.1:9/', 'whsec_plans')",
+            "INSERT INTO webhook.endpoint (name, url, secret, ordering)
+             VALUES ('plans', 'http://127.0.0.1:9/', 'whsec_plans', 'key')",
         )
         .unwrap();
         let states: &[(&str, &[&str])] = &[
