@@ -98,8 +98,7 @@ CREATE TABLE webhook.delivery (
     records          integer,         -- a census message row: how many changes it carries
     sync_run_id      bigint,          -- a sync run's record (SPEC §6); NULL for live changes
     -- Ordered endpoints (SPEC §7): a hash of the row's key (the new row's; the old row's for a
-    -- delete), and of the old key when an UPDATE changed it. NULL: not ordered. A census
-    -- change keeps its key while its message is unfinished.
+    -- delete), and of the old key when an UPDATE changed it. NULL: not ordered.
     order_key        bigint,
     order_key_old    bigint
 );
@@ -113,10 +112,13 @@ CREATE INDEX delivery_due ON webhook.delivery (endpoint_id, next_attempt_at, id)
 -- writes pending ones, so this index costs the write path nothing).
 CREATE INDEX delivery_batch ON webhook.delivery (batch_id) WHERE status = 'batched';
 
--- Ordered endpoints: a delivery may leave only when no earlier one of its subscription and key
--- is unfinished; the claim looks for one through this index (capture inserts every new row).
+-- Ordered endpoints: a delivery may leave only when the one before it of its subscription and
+-- key is finished; the claim finds that one through this index. It holds every row; its
+-- predicate is an opt-in that only the claim's condition names, so that no other statement's
+-- plan can use it (it holds id, and a status test would imply a predicate naming statuses; see
+-- worker::claim::PLANNER_SETTINGS).
 CREATE INDEX delivery_order ON webhook.delivery (subscription_id, order_key, id)
-    WHERE status IN ('pending', 'delivering', 'batched');
+    WHERE octet_length(status) > 0;
 
 -- Retention finds old delivered rows without scanning the queue.
 CREATE INDEX delivery_delivered ON webhook.delivery (delivered_at) WHERE status = 'delivered';

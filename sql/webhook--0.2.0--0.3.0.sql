@@ -297,7 +297,7 @@ ALTER TABLE webhook.delivery
     ADD COLUMN order_key bigint,
     ADD COLUMN order_key_old bigint;
 CREATE INDEX delivery_order ON webhook.delivery (subscription_id, order_key, id)
-    WHERE status IN ('pending', 'delivering', 'batched');
+    WHERE octet_length(status) > 0;
 
 -- webhook.endpoints shows ordering after batch_size (dropped and created again, with its grant).
 DROP VIEW webhook.endpoints;
