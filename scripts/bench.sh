@@ -15,5 +15,6 @@ if ! command -v nginx >/dev/null; then
     rm -f /usr/sbin/policy-rc.d
     ((status == 0)) || exit "$status"
 fi
-cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
+# PG_CONFIG may name another PostgreSQL 15 installation (a copy beside the system one).
+cargo pgrx install --release --pg-config "${PG_CONFIG:-/usr/bin/pg_config}" >/dev/null
 exec "$PYTHON" bench/bench.py "$@"

@@ -75,11 +75,9 @@ const CLAIM_SQL: &str = "
 WITH endpoints AS (
     -- Enabled endpoints, each with how many requests it may start (no endpoint gets more than
     -- $3 in flight; $4/$5: what each already has) and its cursor ($6/$7/$8: the last row it
-    -- claimed). An ordered endpoint scans from the front: the rows its keys held back stay
-    -- before any cursor.
-    SELECT e.id, e.batch_size, e.ordering = 'key' AS ordered,
-           CASE WHEN e.ordering = 'none' THEN c.after_at END AS after_at,
-           CASE WHEN e.ordering = 'none' THEN c.after_id END AS after_id,
+    -- claimed). On an ordered endpoint a row its key held back may be left behind the
+    -- cursor: it is found when the cursor is dropped (a short scan, or the periodic rescan).
+    SELECT e.id, e.batch_size, e.ordering = 'key' AS ordered, c.after_at, c.after_id,
            greatest(0, least($1, $3 - coalesce(b.n, 0))) AS allowance
     FROM webhook.endpoint e
     LEFT JOIN unnest($4::int8[], $5::int4[]) AS b(endpoint_id, n) ON b.endpoint_id = e.id
