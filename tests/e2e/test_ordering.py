@@ -98,6 +98,26 @@ def test_concurrent_writers_arrive_in_commit_order_per_key(cluster, db, receiver
         assert verify(r, secret) == (True, True)
 
 
+def test_an_update_of_the_key_waits_for_both_keys(db, receiver, name):
+    path = f"/flaky/2/{name}"  # the two heads fail once each
+    ordered(db, receiver, name, path)
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (name,))
+    db.execute(f"INSERT INTO {name} VALUES (1, 0)")
+    db.execute(f"INSERT INTO {name} VALUES (2, 0)")
+    db.execute(f"DELETE FROM {name} WHERE id = 2")
+    db.execute(f"UPDATE {name} SET id = 2, v = 1 WHERE id = 1")  # key 1 -> 2
+    db.execute(f"UPDATE {name} SET v = 2 WHERE id = 2")
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => true)", (name,))
+    wait_delivered(db, name, 5)
+    got = [(r.json()["meta"]["operation"], r.json()["data"]["id"], r.json()["data"].get("v"))
+           for r in receiver.received(path)]
+    moved = got.index(("data_update", 2, 1))
+    # Everything before it of key 1 (the insert) and of key 2 (insert, delete) arrived, retries
+    # included, before it; the next change of key 2 after it.
+    assert set(got[:moved]) == {("data_insert", 1, 0), ("data_insert", 2, 0), ("delete", 2, None)}
+    assert got[moved + 1:] == [("data_update", 2, 2)]
+
+
 def test_a_failing_key_holds_back_only_itself(db, receiver, name):
     ordered(db, receiver, name, f"/failkey/1/{name}")
     db.execute(f"INSERT INTO {name} SELECT g, 0 FROM generate_series(1, 4) g")
