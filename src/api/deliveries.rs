@@ -9,7 +9,8 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 
 /// Queue a delivery again: due now, with a fresh retry cycle (attempt numbers continue).
-const REQUEUE: &str = "status = 'pending', next_attempt_at = now(), cycle_start = attempts";
+pub(super) const REQUEUE: &str =
+    "status = 'pending', next_attempt_at = now(), cycle_start = attempts";
 
 /// Queue a delivered or failed delivery again, with a fresh retry cycle and the same webhook-id.
 /// A census change is sent in its message: the whole message goes again, byte for byte.
