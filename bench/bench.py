@@ -308,6 +308,51 @@ def sync_run(cluster, nginx, rows, per_s=50, min_commits=500, limit_s=900):
                 "live": {"n": len(lat), "p50": lat[len(lat) // 2], "p99": lat[max(0, int(len(lat) * 0.99) - 1)]}}
 
 
+def ordering(cluster, nginx, keys, changes_per_key, hot_changes):
+    """Figure 12: ordering per key (SPEC §7). The same changes (`keys` distinct keys, each
+    inserted then updated until it has `changes_per_key` changes, updates of different keys
+    interleaved) drained by an unordered and an ordered endpoint, one after the other in this
+    run; then `hot_changes` changes of one key drained by the ordered endpoint, which sends them
+    one at a time: its rate against the request's own round trip (attempt duration) and the
+    worker's turnaround between one attempt's end and the next one's start."""
+    rows = keys * changes_per_key
+    rates = {}
+    with cluster.connect() as db:
+        for mode in ("none", "key"):
+            table, name = f"o_{mode}", f"ordering_{mode}"
+            db.execute(f"CREATE TABLE {table} ({COLUMNS})")
+            db.execute("SELECT webhook.create_endpoint(%s, %s)", (name, nginx.url(f"/{name}")))
+            db.execute("SELECT webhook.alter_endpoint(%s, ordering => %s, enabled => false)", (name, mode))
+            db.execute("SELECT webhook.watch(%s, %s)", (table, name))
+            db.execute(f"INSERT INTO {table} (id, name, score) SELECT g, 'n', 0 FROM generate_series(1, {keys}) g")
+            for _ in range(changes_per_key - 1):
+                db.execute(f"UPDATE {table} SET score = score + 1")
+        for mode in ("none", "key"):
+            rates[mode], _ = drain(db, f"ordering_{mode}", rows, 600)
+        db.execute("TRUNCATE webhook.delivery, webhook.attempt")
+        db.execute("SELECT webhook.alter_endpoint('ordering_key', enabled => false)")
+        db.execute("INSERT INTO o_key (id, name, score) VALUES (0, 'hot', 0)")
+        for _ in range(hot_changes - 1):
+            db.execute("UPDATE o_key SET score = score + 1 WHERE id = 0")
+        hot, _ = drain(db, "ordering_key", hot_changes, 600)
+        attempt_ms, turnaround_ms = db.execute(
+            "SELECT avg(duration_ms), avg(gap_ms) FROM (SELECT duration_ms, extract(epoch FROM started_at"
+            " - lag(started_at + duration_ms * interval '1 ms') OVER (ORDER BY started_at)) * 1000 AS gap_ms"
+            " FROM webhook.attempt) a").fetchone()
+        overlapping = db.execute(
+            "SELECT count(*) FROM (SELECT started_at, lag(started_at + duration_ms * interval '1 ms')"
+            " OVER (ORDER BY started_at) AS previous_end FROM webhook.attempt) a"
+            " WHERE started_at < previous_end").fetchone()[0]
+    return {"changes": rows, "keys": keys, "drain_unordered_per_s": rates["none"],
+            "drain_ordered_per_s": rates["key"], "ordered_vs_unordered": rates["key"] / rates["none"],
+            "hot_key_changes": hot_changes, "hot_key_per_s": hot, "hot_key_attempt_ms": float(attempt_ms),
+            "hot_key_turnaround_ms": float(turnaround_ms),
+            # one request per round trip: each leaves after the previous one's response
+            "hot_key_requests_per_round_trip": 1.0 if overlapping == 0 else None,
+            "hot_key_overlapping_requests": overlapping,
+            "hot_key_share_of_time_in_flight": hot * float(attempt_ms) / 1000}
+
+
 def worker_rss_mb(db):
     """The workers' private memory (RssAnon): VmRSS also counts the shared buffers they touched."""
     pids = [r[0] for r in db.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'webhook delivery worker'")]
@@ -337,8 +382,11 @@ def main():
     ap.add_argument("--backlog-cycles", type=int, default=3, help="fill / drain / retention cycles (figure 5)")
     ap.add_argument("--burst-rows", type=int, default=50_000, help="rows per burst (figure 8)")
     ap.add_argument("--sync-rows", type=int, default=1_000_000, help="rows of the sync run (figure 11)")
-    ap.add_argument("--only", choices=["statistics", "census", "filters", "sync"],
-                    help="run figure 8 alone, figure 9 with its rownd baseline (figure 3's drain), 10 or 11")
+    ap.add_argument("--ordering-keys", type=int, default=1000, help="distinct keys (figure 12)")
+    ap.add_argument("--ordering-changes", type=int, default=20, help="changes per key (figure 12)")
+    ap.add_argument("--hot-changes", type=int, default=2000, help="changes of the one hot key (figure 12)")
+    ap.add_argument("--only", choices=["statistics", "census", "filters", "sync", "ordering"],
+                    help="run figure 8 alone, figure 9 with its rownd baseline (figure 3's drain), 10, 11 or 12")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     results = {}
@@ -362,6 +410,13 @@ def main():
         if args.only == "sync":
             cluster = new_cluster()
             results["11_sync_run"] = sync_run(cluster, nginx, args.sync_rows)
+            cluster.cleanup()
+            print(json.dumps(results, indent=2, default=str))
+            return
+        if args.only == "ordering":
+            cluster = new_cluster()
+            results["12_ordering"] = ordering(cluster, nginx, args.ordering_keys, args.ordering_changes,
+                                              args.hot_changes)
             cluster.cleanup()
             print(json.dumps(results, indent=2, default=str))
             return
@@ -480,6 +535,12 @@ def main():
         # 11. a sync run of a large table while live changes flow
         cluster = new_cluster()
         results["11_sync_run"] = sync_run(cluster, nginx, args.sync_rows)
+        cluster.cleanup()
+
+        # 12. ordering per key
+        cluster = new_cluster()
+        results["12_ordering"] = ordering(cluster, nginx, args.ordering_keys, args.ordering_changes,
+                                          args.hot_changes)
         cluster.cleanup()
 
         # 6. two workers (duplicates are counted among this figure's own requests)

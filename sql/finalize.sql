@@ -4,7 +4,8 @@
 -- rotation_overlap_until (the last of them expires then).
 -- (The same definition is in webhook--0.2.0--0.3.0.sql.)
 CREATE VIEW webhook.endpoints AS
-SELECT e.name, e.url, e.method, e.headers, e.description, e.format, e.batch_size, e.enabled,
+SELECT e.name, e.url, e.method, e.headers, e.description, e.format, e.batch_size, e.ordering,
+       e.enabled,
        p.until IS NOT NULL AS rotation_overlap, p.until AS rotation_overlap_until, e.created_at,
        e.events
 FROM webhook.endpoint e

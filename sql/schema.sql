@@ -29,7 +29,9 @@ CREATE TABLE webhook.endpoint (
     -- succeeded), and when endpoint.alert.raised was sent about it (NULL: no alert open).
     events                     text[] NOT NULL DEFAULT '{}',
     failing_since              timestamptz,
-    alert_raised_at            timestamptz
+    alert_raised_at            timestamptz,
+    -- 'key': deliveries of one subscription and key go one at a time, in commit order (SPEC §7).
+    ordering                   text NOT NULL DEFAULT 'none' CHECK (ordering IN ('none', 'key'))
 );
 
 -- Secrets rotated out that keep signing until expires_at (webhook.rotation_overlap after the
@@ -100,7 +102,11 @@ CREATE TABLE webhook.delivery (
     message_id       text,            -- msg_..., the webhook-id (SPEC §3)
     batch_id         bigint,          -- a batched census change: the message row carrying it
     records          integer,         -- a census message row: how many changes it carries
-    sync_run_id      bigint           -- a sync run's record (SPEC §6); NULL for live changes
+    sync_run_id      bigint,          -- a sync run's record (SPEC §6); NULL for live changes
+    -- Ordered endpoints (SPEC §7): a hash of the row's key (the new row's; the old row's for a
+    -- delete), and of the old key when an UPDATE changed it. NULL: not ordered.
+    order_key        bigint,
+    order_key_old    bigint
 );
 ALTER SEQUENCE webhook.delivery_id_seq OWNED BY webhook.delivery.id;
 -- The worker claims per enabled endpoint, oldest due first; id makes the order total, so a claim
@@ -111,6 +117,14 @@ CREATE INDEX delivery_due ON webhook.delivery (endpoint_id, next_attempt_at, id)
 -- A census message's changes, for the views, redeliver and deletes (never for new rows: capture
 -- writes pending ones, so this index costs the write path nothing).
 CREATE INDEX delivery_batch ON webhook.delivery (batch_id) WHERE status = 'batched';
+
+-- Ordered endpoints: a delivery may leave only when the one before it of its subscription and
+-- key is finished; the claim finds that one through this index. It holds every row; its
+-- predicate is an opt-in that only the claim's condition names, so that no other statement's
+-- plan can use it (it holds id, and a status test would imply a predicate naming statuses; see
+-- worker::claim::PLANNER_SETTINGS).
+CREATE INDEX delivery_order ON webhook.delivery (subscription_id, order_key, id)
+    WHERE octet_length(status) > 0;
 
 -- Retention finds old delivered rows without scanning the queue.
 CREATE INDEX delivery_delivered ON webhook.delivery (delivered_at) WHERE status = 'delivered';

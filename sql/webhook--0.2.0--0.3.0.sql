@@ -370,3 +370,78 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'subscribe_events_wrapper';
 REVOKE ALL ON FUNCTION webhook.subscribe_events(text, text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION webhook.subscribe_events(text, text[]) TO webhook_admin;
+
+-- ---- Ordering and replay (issue 15, SPEC §7) ------------------------------------------------
+-- redeliver_failed takes a window [since, until); replay is new. The 0.2.0 symbol of
+-- redeliver_failed stays in the library (api::compat) for the old definition.
+DROP FUNCTION webhook.redeliver_failed(text);
+CREATE FUNCTION webhook."redeliver_failed"(
+	"endpoint" TEXT,
+	"since" timestamp with time zone DEFAULT '-infinity',
+	"until" timestamp with time zone DEFAULT now()
+) RETURNS bigint
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'redeliver_failed_0_3_wrapper';
+REVOKE ALL ON FUNCTION webhook.redeliver_failed(text, timestamptz, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook.redeliver_failed(text, timestamptz, timestamptz) TO webhook_admin;
+
+CREATE FUNCTION webhook."replay"(
+	"endpoint" TEXT,
+	"since" timestamp with time zone,
+	"until" timestamp with time zone DEFAULT now()
+) RETURNS bigint
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'replay_wrapper';
+REVOKE ALL ON FUNCTION webhook.replay(text, timestamptz, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook.replay(text, timestamptz, timestamptz) TO webhook_admin;
+
+-- Ordering per key (issue 15, SPEC §7): endpoints get ordering ('none' | 'key'); deliveries get
+-- the hashes of their key (and of the old key when an UPDATE changed it), and an index the
+-- claim probes for an unfinished earlier delivery of the same key.
+ALTER TABLE webhook.endpoint
+    ADD COLUMN ordering text NOT NULL DEFAULT 'none' CHECK (ordering IN ('none', 'key'));
+ALTER TABLE webhook.delivery
+    ADD COLUMN order_key bigint,
+    ADD COLUMN order_key_old bigint;
+CREATE INDEX delivery_order ON webhook.delivery (subscription_id, order_key, id)
+    WHERE octet_length(status) > 0;
+
+-- webhook.endpoints shows ordering after batch_size (dropped and created again, with its grant).
+DROP VIEW webhook.endpoints;
+CREATE VIEW webhook.endpoints AS
+SELECT e.name, e.url, e.method, e.headers, e.description, e.format, e.batch_size, e.ordering,
+       e.enabled,
+       p.until IS NOT NULL AS rotation_overlap, p.until AS rotation_overlap_until, e.created_at,
+       e.events
+FROM webhook.endpoint e
+CROSS JOIN LATERAL (SELECT max(p.expires_at) AS until FROM webhook.previous_secret p
+                    WHERE p.endpoint_id = e.id AND p.expires_at > now()) p;
+REVOKE ALL ON webhook.endpoints FROM PUBLIC;
+GRANT SELECT ON webhook.endpoints TO webhook_admin;
+
+-- alter_endpoint takes ordering (0.3.0's alter_endpoint above, one argument more; same symbol,
+-- since 0.3.0's 8-argument definition was never released).
+DROP FUNCTION webhook.alter_endpoint(text, text, text, jsonb, text, boolean, text, int);
+CREATE FUNCTION webhook.alter_endpoint(
+	"name" TEXT,
+	"url" TEXT DEFAULT NULL,
+	"method" TEXT DEFAULT NULL,
+	"headers" jsonb DEFAULT NULL,
+	"description" TEXT DEFAULT NULL,
+	"enabled" bool DEFAULT NULL,
+	"format" TEXT DEFAULT NULL,
+	"batch_size" INT DEFAULT NULL,
+	"ordering" TEXT DEFAULT NULL
+) RETURNS void
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'alter_endpoint_0_3_wrapper';
+REVOKE ALL ON FUNCTION webhook.alter_endpoint(text, text, text, jsonb, text, boolean, text, int, text)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook.alter_endpoint(text, text, text, jsonb, text, boolean, text, int, text)
+    TO webhook_admin;

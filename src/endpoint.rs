@@ -1,4 +1,5 @@
-//! Endpoint settings validation: URL, method, headers, payload format, batch size. Pure Rust.
+//! Endpoint settings validation: URL, method, headers, payload format, batch size, ordering.
+//! Pure Rust.
 
 use crate::error::{Result, WebhookError};
 use serde_json::Value;
@@ -42,6 +43,32 @@ impl Format {
         match self {
             Format::Rownd => (1, 1),
             Format::Census => (1, MAX_BATCH_SIZE),
+        }
+    }
+}
+
+/// Whether deliveries of one subscription and key go one at a time, in commit order (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    None,
+    Key,
+}
+
+impl Ordering {
+    pub fn parse(s: &str) -> Result<Ordering> {
+        match s {
+            "none" => Ok(Ordering::None),
+            "key" => Ok(Ordering::Key),
+            _ => Err(WebhookError::invalid(format!(
+                "unknown ordering \"{s}\": accepted orderings are none, key"
+            ))),
+        }
+    }
+
+    pub fn as_sql(self) -> &'static str {
+        match self {
+            Ordering::None => "none",
+            Ordering::Key => "key",
         }
     }
 }
@@ -295,6 +322,13 @@ mod tests {
     #[test]
     fn formats() {
         assert_eq!(Format::parse("rownd").unwrap(), Format::Rownd);
+        for o in [Ordering::None, Ordering::Key] {
+            assert_eq!(Ordering::parse(o.as_sql()).unwrap(), o);
+        }
+        assert!(Ordering::parse("fifo")
+            .unwrap_err()
+            .to_string()
+            .contains("\"fifo\": accepted orderings are none, key"));
         assert!(Format::parse("xml")
             .unwrap_err()
             .to_string()

@@ -52,5 +52,44 @@ fn alter_endpoint(
         enabled,
         format,
         None,
+        None,
     )
+}
+
+/// 0.1.0 and 0.2.0: `redeliver_failed(endpoint)`, every failed delivery (no window). Until
+/// `ALTER EXTENSION webhook UPDATE` the queue has no census messages (no `batch_id`): each
+/// delivery is its own message there.
+#[pg_extern(sql = false)]
+fn redeliver_failed(endpoint: Option<&str>) -> i64 {
+    use crate::delivery::Status;
+    use crate::error::{OrRaise, Result};
+    let run = || -> Result<i64> {
+        let endpoint = super::required(endpoint, "endpoint")?;
+        let batches = Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'webhook.delivery'::regclass
+                            AND attname = 'batch_id' AND NOT attisdropped)",
+        )?
+        .unwrap_or(false);
+        if batches {
+            return super::deliveries::requeue(endpoint, &[Status::Failed], Default::default());
+        }
+        let count = Spi::connect_mut(|client| -> Result<i64> {
+            let id = super::endpoint_id(client, endpoint)?;
+            let rows = client.update(
+                &format!(
+                    "WITH requeued AS (
+                         UPDATE webhook.delivery SET {}
+                         WHERE endpoint_id = $1 AND status = $2 RETURNING 1)
+                     SELECT count(*) FROM requeued",
+                    super::deliveries::REQUEUE
+                ),
+                None,
+                &[id.into(), Status::Failed.as_sql().into()],
+            )?;
+            Ok(super::first_value(rows)?.unwrap_or(0))
+        })?;
+        crate::shmem::wake_workers_at_commit();
+        Ok(count)
+    };
+    run().or_raise()
 }

@@ -116,9 +116,11 @@ pub(super) fn alter_endpoint_0_3(
     enabled: default!(Option<bool>, "NULL"),
     format: default!(Option<&str>, "NULL"),
     batch_size: default!(Option<i32>, "NULL"),
+    ordering: default!(Option<&str>, "NULL"),
 ) {
     let run = || -> Result<()> {
         let name = required(name, "name")?;
+        let ordering = ordering.map(endpoint::Ordering::parse).transpose()?;
         let url = url.map(endpoint::validate_url).transpose()?;
         let method = method.map(endpoint::validate_method).transpose()?;
         if let Some(h) = &headers {
@@ -174,6 +176,9 @@ pub(super) fn alter_endpoint_0_3(
                         batch_size.into(),
                     ],
                 )?;
+            if let Some(ordering) = ordering {
+                set_ordering(client, id, ordering)?;
+            }
             invalidate_endpoint_caches(client)?;
             Ok(())
         })?;
@@ -181,6 +186,27 @@ pub(super) fn alter_endpoint_0_3(
         Ok(())
     };
     run().or_raise()
+}
+
+/// Switch an endpoint's ordering. Capture gives keys to the deliveries of ordered endpoints
+/// only, so what was queued before ordering was switched on is not ordered; switching it off
+/// removes every key the endpoint's deliveries hold, so that switching it on again later never
+/// meets a key left behind.
+fn set_ordering(client: &mut SpiClient, id: i64, ordering: endpoint::Ordering) -> Result<()> {
+    client.update(
+        "UPDATE webhook.endpoint SET ordering = $2 WHERE id = $1",
+        None,
+        &[id.into(), ordering.as_sql().into()],
+    )?;
+    if ordering == endpoint::Ordering::None {
+        client.update(
+            "UPDATE webhook.delivery SET order_key = NULL, order_key_old = NULL
+             WHERE endpoint_id = $1 AND (order_key IS NOT NULL OR order_key_old IS NOT NULL)",
+            None,
+            &[id.into()],
+        )?;
+    }
+    Ok(())
 }
 
 /// Replace an endpoint's secret with the one given or a new one; the one it replaces keeps

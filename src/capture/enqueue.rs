@@ -28,6 +28,8 @@ pub struct NewDelivery<'a> {
     pub payload: &'a str,
     /// The webhook-id; None for a census change, which gets its message's when batched.
     pub message_id: Option<&'a str>,
+    /// An ordered endpoint's key hashes (payload::order_keys); None otherwise.
+    pub order_keys: Option<(i64, Option<i64>)>,
 }
 
 /// Where each column this module fills sits in the queue table's tuple (0-based).
@@ -52,6 +54,9 @@ struct Layout {
     /// Columns every new delivery leaves NULL: with `status`, the only ones a partial index's
     /// predicate may test, so that whether it takes a new delivery is the same for all of them.
     always_null: Vec<usize>,
+    /// The key hashes of ordered endpoints (issue 15): absent before the update, like message_id.
+    order_key: Option<usize>,
+    order_key_old: Option<usize>,
 }
 
 /// Columns left NULL in a new delivery.
@@ -220,6 +225,8 @@ unsafe fn layout(rel: pg_sys::Relation) -> Rc<Layout> {
     // Columns 0.3.0 added may be missing (the library is newer than the schema until
     // `ALTER EXTENSION webhook UPDATE`); every other column must be there.
     let message_id = positions.remove("message_id");
+    let order_key = positions.remove("order_key");
+    let order_key_old = positions.remove("order_key_old");
     let mut always_null: Vec<usize> = NEW_NULL_COLUMNS
         .iter()
         .filter_map(|name| positions.remove(*name))
@@ -245,6 +252,8 @@ unsafe fn layout(rel: pg_sys::Relation) -> Rc<Layout> {
         created_at: take("created_at"),
         message_id,
         always_null: Vec::new(),
+        order_key,
+        order_key_old,
     };
     for name in NULL_COLUMNS {
         always_null.push(take(name));
@@ -414,6 +423,15 @@ fn row_values(layout: &Layout, delivery: &NewDelivery) -> (Vec<pg_sys::Datum>, V
         (Some(m), Some(column)) => set(column, text_datum(m)),
         (Some(_), None) => internal("webhook.delivery has no column \"message_id\"".into()),
         (None, _) => {}
+    }
+    if let Some((key, old)) = delivery.order_keys {
+        let column = |c: Option<usize>, name: &str| {
+            c.unwrap_or_else(|| internal(format!("webhook.delivery has no column \"{name}\"")))
+        };
+        set(column(layout.order_key, "order_key"), key.into());
+        if let Some(old) = old {
+            set(column(layout.order_key_old, "order_key_old"), old.into());
+        }
     }
     (values, nulls)
 }

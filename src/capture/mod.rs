@@ -33,6 +33,8 @@ struct Target {
     /// A disabled endpoint still captures, but its deliveries need no worker wake-up.
     enabled: bool,
     format: Format,
+    /// Ordering per key (SPEC §7): its deliveries carry their key's hash.
+    ordered: bool,
     subscription_id: Option<i64>,
     shape: Shape,
     /// The subscription's predicate, compiled for the table's current shape.
@@ -72,9 +74,9 @@ fn filter_columns(schema_version: &str) -> &'static str {
     match schema_version {
         "0.1.0" | "0.2.0" => {
             "NULL::pg_catalog.text AS behavior, NULL::pg_catalog.text[] AS changed,
-             NULL::pg_catalog.text AS predicate_node"
+             NULL::pg_catalog.text AS predicate_node, 'none'::pg_catalog.text AS ordering"
         }
-        _ => "s.behavior, s.changed, s.predicate_node",
+        _ => "s.behavior, s.changed, s.predicate_node, e.ordering",
     }
 }
 
@@ -270,6 +272,7 @@ fn target(
             .and_then(|f| Format::parse(f).ok())
             .unwrap_or(Format::Rownd),
         subscription_id: column(&row, "subscription_id")?,
+        ordered: column::<String>(&row, "ordering")?.as_deref() == Some("key"),
         shape,
     })
 }
@@ -574,6 +577,9 @@ fn capture<'a>(
                 operation: payload::operation(&target.shape, &change),
                 payload: &body,
                 message_id: message_id.as_deref().filter(|_| plan.message_ids),
+                order_keys: target
+                    .ordered
+                    .then(|| payload::order_keys(&target.shape, &change)),
             },
         );
         wake |= target.enabled;

@@ -101,6 +101,30 @@ impl<'a> Change<'a> {
     }
 }
 
+/// The keys an ordered endpoint orders a change by (SPEC §7): the hash of the row's key (the
+/// new row's; the old row's for a delete) and, for an UPDATE that changed the key, the hash of
+/// the old key. FNV-1a over the key columns' JSON text, which is equal for equal values; a
+/// collision only makes two keys wait for each other.
+pub fn order_keys(shape: &Shape, change: &Change) -> (i64, Option<i64>) {
+    let hash = |row: &Row| -> i64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (column, _) in &shape.key {
+            // A NUL byte never occurs in JSON text: it separates the columns.
+            for b in row.text(column).bytes().chain([0]) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        h as i64
+    };
+    let key = hash(change.row());
+    let old = match (change.op, change.old) {
+        (Op::Update, Some(old)) => Some(hash(old)).filter(|k| *k != key),
+        _ => None,
+    };
+    (key, old)
+}
+
 /// Transaction-level facts that go into `meta`.
 pub struct Meta<'a> {
     pub id: &'a str,
@@ -464,6 +488,47 @@ mod tests {
             new: Some(&changed),
         };
         assert_eq!(operation(&shape, &change), "data_update");
+    }
+
+    #[test]
+    fn order_keys_follow_the_key_columns_only() {
+        let shape = opts().resolve(&users()).unwrap();
+        let a = Row::parse(r#"{"user_id": 1, "email": "a@x"}"#).unwrap();
+        let a2 = Row::parse(r#"{"user_id": 1, "email": "b@x"}"#).unwrap();
+        let b = Row::parse(r#"{"user_id": 2, "email": "a@x"}"#).unwrap();
+        let insert = |r| Change {
+            op: Op::Insert,
+            old: None,
+            new: Some(r),
+        };
+        let (ka, none) = order_keys(&shape, &insert(&a));
+        assert_eq!(none, None);
+        assert_eq!(order_keys(&shape, &insert(&a2)).0, ka);
+        assert_ne!(order_keys(&shape, &insert(&b)).0, ka);
+        let same_key = Change {
+            op: Op::Update,
+            old: Some(&a),
+            new: Some(&a2),
+        };
+        assert_eq!(order_keys(&shape, &same_key), (ka, None));
+        let moved = Change {
+            op: Op::Update,
+            old: Some(&a),
+            new: Some(&b),
+        };
+        assert_eq!(
+            order_keys(&shape, &moved),
+            (order_keys(&shape, &insert(&b)).0, Some(ka))
+        );
+        let delete = Change {
+            op: Op::Delete,
+            old: Some(&b),
+            new: None,
+        };
+        assert_eq!(
+            order_keys(&shape, &delete),
+            (order_keys(&shape, &insert(&b)).0, None)
+        );
     }
 
     #[test]

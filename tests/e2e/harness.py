@@ -229,12 +229,24 @@ class Request:
         return json.loads(self.body)
 
 
+def carries_id(body, wanted):
+    """Whether a rownd or census body carries a record whose "id" is `wanted` (text)."""
+    try:
+        data = json.loads(body)["data"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    records = data if isinstance(data, list) else [data]
+    return any(isinstance(r, dict) and str(r.get("id")) == wanted for r in records)
+
+
 class Receiver:
     """HTTP/1.1 keep-alive receiver; the path picks the behaviour:
     /ok -> 200, /status/<code> -> that code, /sleep/<s> -> sleep then 200,
     /status/3xx also sends Location: <this receiver>/ok/redirected<path> (redirect_target),
     /flaky/<n>[/<tag>] -> 500 for the first n requests on that exact path, then 200,
     /retry-after/<s> -> 429 with Retry-After: <s>, /big/<bytes> -> 200 with a body that long,
+    /failkey/<id> -> 500 when the body carries a record whose "id" is <id> (rownd data, or any
+    record of a census batch), else 200,
     and the raw-socket misbehaviours of hostile(). Anything after the behaviour's own segments
     is a free tag, so each test can use paths of its own (/ok/<test>, /status/500/<test>)."""
 
@@ -275,6 +287,8 @@ class Receiver:
                 elif parts[0] == "sleep":
                     time.sleep(float(parts[1]))
                 elif parts[0] == "flaky" and seen <= int(parts[1]):
+                    code = 500
+                elif parts[0] == "failkey" and carries_id(body, parts[1]):
                     code = 500
                 elif parts[0] == "retry-after":
                     code, extra = 429, {"Retry-After": parts[1]}

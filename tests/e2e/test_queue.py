@@ -22,7 +22,8 @@ def check_indexes(db):
 def capture_some(db, name):
     make_table(db, name, "id int PRIMARY KEY, v text")
     endpoint(db, name, "http://127.0.0.1:9/unused")
-    db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (name,))
+    # Ordered: its deliveries carry key hashes (delivery_order), checked by amcheck too.
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => false, ordering => 'key')", (name,))
     db.execute("SELECT webhook.watch(%s, %s)", (name, name))
     db.execute(f"INSERT INTO {name} SELECT g, 'v' || g FROM generate_series(1, 300) g")
     db.execute(f"UPDATE {name} SET v = v || '!' WHERE id % 3 = 0")
@@ -34,7 +35,8 @@ def capture_some(db, name):
 def test_capture_leaves_every_queue_index_complete(db, name):
     db.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
     assert capture_some(db, name) == 300 + 100 + 50
-    assert check_indexes(db) == ["delivery_batch", "delivery_delivered", "delivery_due", "delivery_pkey"]
+    assert check_indexes(db) == ["delivery_batch", "delivery_delivered", "delivery_due", "delivery_order",
+                                   "delivery_pkey"]
     # The due index, read alone, finds exactly the pending rows.
     with db.transaction():
         db.execute("SET LOCAL enable_seqscan = off")
@@ -42,6 +44,14 @@ def test_capture_leaves_every_queue_index_complete(db, name):
         via_index = one(db, "SELECT count(*) FROM webhook.delivery d JOIN webhook.endpoint e ON e.id = d.endpoint_id"
                             " WHERE e.name = %s AND d.status IN ('pending', 'delivering')", name)
     assert via_index == 450
+    # So does the ordering index, by key (every change was keyed).
+    with db.transaction():
+        db.execute("SET LOCAL enable_seqscan = off")
+        db.execute("SET LOCAL enable_bitmapscan = off")
+        keyed = one(db, "SELECT count(*) FROM webhook.delivery d WHERE d.subscription_id ="
+                        " (SELECT s.id FROM webhook.subscriptions s WHERE s.endpoint = %s)"
+                        " AND d.order_key IS NOT NULL AND octet_length(d.status) > 0", name)
+    assert keyed == 450
 
 
 def test_an_index_added_to_the_queue_is_maintained(db, name):

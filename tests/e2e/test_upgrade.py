@@ -231,6 +231,8 @@ def test_upgrade_keeps_the_queue_and_gives_the_fresh_schema(old_version, old_clu
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="ALTER EXTENSION webhook UPDATE"):
             db.execute("SELECT * FROM webhook.test_endpoint('upgrade')")
         db.execute("SELECT webhook.alter_endpoint('upgrade', enabled => false)")
+        # redeliver_failed's old definition runs on the new library (its 0.2.0 symbol).
+        assert one(db, "SELECT webhook.redeliver_failed('upgrade')") == 0
         db.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
         db.execute("SELECT webhook.watch('items', 'upgrade')")
         for start in range(1, INSERTS + 1, 100):   # a few transactions of 100 inserts
