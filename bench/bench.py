@@ -302,7 +302,7 @@ def sync_run(cluster, nginx, rows, per_s=50, min_commits=500, limit_s=900):
         received = {w: float(ms) for ms, w in nginx.log() if w in ids}
         lat = sorted((received[m] - committed[r]) * 1000 for m, r in ids.items() if m in received and r in committed)
         reading_s = (read_end - started).total_seconds() if read_end else None
-        db.execute("SELECT webhook.drop_endpoint('s_big')")  # the run's remaining deliveries go with it
+        # The run's remaining deliveries go with the cluster.
         return {"rows": rows, "rows_queued": queued, "reading_s": reading_s,
                 "reading_rows_per_s": queued / reading_s if reading_s else None,
                 "live": {"n": len(lat), "p50": lat[len(lat) // 2], "p99": lat[max(0, int(len(lat) * 0.99) - 1)]}}
