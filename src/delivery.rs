@@ -64,9 +64,7 @@ pub fn delete_sql(selection: &str) -> String {
       AND batch_id = ANY (ARRAY(SELECT id FROM gone WHERE records IS NOT NULL))
     RETURNING id
 ), attempts AS (
-    -- A join, not `= ANY (array)`: with stale statistics the planner may scan the attempts and
-    -- test each against the whole array, which for a large backlog took minutes.
-    DELETE FROM webhook.attempt a USING gone g WHERE a.delivery_id = g.id
+    DELETE FROM webhook.attempt WHERE delivery_id = ANY (ARRAY(SELECT id FROM gone))
 )
 SELECT (SELECT count(*) FROM gone WHERE records IS NULL) + (SELECT count(*) FROM carried)"
     )
