@@ -18,6 +18,9 @@ use pgrx::spi::{quote_identifier, SpiClient};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+const LOCK_ORDER_SQL: &str = "SELECT FROM webhook.endpoint, webhook.subscription, webhook.delivery,
+    webhook.sync_run LIMIT 0";
+
 /// How often finished runs are ended and their events queued.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
 
@@ -63,6 +66,9 @@ SELECT EXISTS (SELECT FROM webhook.sync_run r WHERE r.status IN ('queued', 'read
 /// `chunk` rows of the oldest run still reading. Returns (a run may have rows left to read,
 /// a run is still active).
 pub fn step(chunk: i64) -> Result<(bool, bool)> {
+    // Take the tables' locks first, in the order DROP EXTENSION takes them (creation order), so
+    // that a DROP EXTENSION meanwhile waits for this step instead of deadlocking with it.
+    Spi::run(LOCK_ORDER_SQL)?;
     // Once a second is enough to end runs and queue their events.
     let (active, events_due) = match LAST_COUNT.get() {
         Some((at, active, events_due)) if at.elapsed() < COUNT_EVERY => (active, events_due),
