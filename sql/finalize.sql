@@ -72,6 +72,13 @@ CREATE VIEW webhook.workers AS
 SELECT w.pid, w.database, w.started_at, w.last_loop_at, w.in_flight, w.last_error
 FROM webhook._workers() w;
 
+-- WAL capture's slot and lag (SPEC §8), from webhook._capture_lag(); no row in trigger mode.
+-- (The same definitions are in webhook--0.2.0--0.3.0.sql.)
+CREATE VIEW webhook.capture_lag AS
+SELECT l.slot_name, l.mode, l.wal_status, l.lag_bytes, l.lag_ms, l.retained_bytes, l.alert_bytes,
+       l.raised
+FROM webhook._capture_lag() l;
+
 -- Functions are executable by PUBLIC by default in PostgreSQL; none of ours should be.
 -- The capture trigger needs no grant to fire for roles that write watched tables.
 REVOKE ALL ON ALL TABLES IN SCHEMA webhook FROM PUBLIC;
@@ -90,7 +97,8 @@ END
 $$;
 GRANT USAGE ON SCHEMA webhook TO webhook_admin;
 GRANT SELECT ON webhook.endpoints, webhook.subscriptions, webhook.deliveries, webhook.attempts,
-                webhook.endpoint_stats, webhook.workers, webhook.sync_runs TO webhook_admin;
+                webhook.endpoint_stats, webhook.workers, webhook.sync_runs, webhook.capture_lag
+    TO webhook_admin;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA webhook TO webhook_admin;
 
 -- Dropping a watched table removes its subscriptions, so nothing refers to a table that no

@@ -67,6 +67,10 @@ CREATE TABLE webhook.subscription (
     -- The columns the options name, each with the attnum and type it had: the DDL guard refuses
     -- dropping, renaming or retyping them. [{"column", "attnum", "type", "options": [...]}]
     guard             jsonb NOT NULL DEFAULT '[]',
+    -- WAL capture (SPEC §8): the subscription takes the changes whose LSN is in
+    -- [wal_from, wal_until) from the WAL (NULL wal_until: open); NULL wal_from: trigger only.
+    wal_from          pg_lsn,
+    wal_until         pg_lsn,
     UNIQUE (relid, endpoint_id)
 );
 
@@ -166,6 +170,15 @@ CREATE TABLE webhook.sync_run (
     error           text,
     events_sent     integer NOT NULL DEFAULT 0,        -- sync.* events queued so far, in order
     events_pending  bigint[] NOT NULL DEFAULT '{}'    -- the deliveries of the last of them
+);
+
+-- WAL capture (SPEC §8): per replication slot, the end of the last transaction whose changes
+-- the worker queued, written in the same transaction as their deliveries. A transaction the
+-- slot returns again after a crash ends at or before it and is skipped.
+CREATE TABLE webhook.capture_state (
+    slot_name   text PRIMARY KEY,
+    applied_lsn pg_lsn NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
 );
 
 SELECT pg_catalog.pg_extension_config_dump('webhook.endpoint', '');

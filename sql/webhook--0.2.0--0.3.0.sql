@@ -445,3 +445,40 @@ REVOKE ALL ON FUNCTION webhook.alter_endpoint(text, text, text, jsonb, text, boo
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION webhook.alter_endpoint(text, text, text, jsonb, text, boolean, text, int, text)
     TO webhook_admin;
+
+-- ---------------------------------------------------------------------------------------------
+-- WAL capture (SPEC §8)
+-- ---------------------------------------------------------------------------------------------
+ALTER TABLE webhook.subscription
+    ADD COLUMN wal_from pg_lsn,
+    ADD COLUMN wal_until pg_lsn;
+
+CREATE TABLE webhook.capture_state (
+    slot_name   text PRIMARY KEY,
+    applied_lsn pg_lsn NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON webhook.capture_state FROM PUBLIC;
+
+CREATE FUNCTION webhook."_capture_lag"() RETURNS TABLE (
+	"slot_name" TEXT,
+	"mode" TEXT,
+	"wal_status" TEXT,
+	"lag_bytes" bigint,
+	"lag_ms" bigint,
+	"retained_bytes" bigint,
+	"alert_bytes" bigint,
+	"raised" bool
+)
+STRICT VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'capture_lag_wrapper';
+REVOKE ALL ON FUNCTION webhook._capture_lag() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhook._capture_lag() TO webhook_admin;
+CREATE VIEW webhook.capture_lag AS
+SELECT l.slot_name, l.mode, l.wal_status, l.lag_bytes, l.lag_ms, l.retained_bytes, l.alert_bytes,
+       l.raised
+FROM webhook._capture_lag() l;
+REVOKE ALL ON webhook.capture_lag FROM PUBLIC;
+GRANT SELECT ON webhook.capture_lag TO webhook_admin;

@@ -23,6 +23,20 @@ pub static RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 86_400);
 pub static ROTATION_OVERLAP_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 pub static ALERT_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static DISABLE_AFTER_S: GucSetting<i32> = GucSetting::<i32>::new(5 * 86_400);
+pub static CAPTURE: GucSetting<Capture> = GucSetting::<Capture>::new(Capture::Trigger);
+/// In kB (the setting takes memory units): 1GB.
+pub static CAPTURE_LAG_ALERT_KB: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+
+/// How changes are captured (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, pgrx::PostgresGucEnum)]
+pub enum Capture {
+    /// The AFTER ROW trigger, in the writer's transaction.
+    #[name = c"trigger"]
+    Trigger,
+    /// Logical decoding of the WAL after commit, by the first worker.
+    #[name = c"wal"]
+    Wal,
+}
 
 fn register_postmaster_settings() {
     GucRegistry::define_string_guc(
@@ -43,6 +57,24 @@ fn register_postmaster_settings() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+    GucRegistry::define_enum_guc(
+        c"webhook.capture",
+        c"How row changes are captured: trigger (default) or wal.",
+        c"wal reads committed changes back from the WAL by logical decoding (needs wal_level = logical); watched tables then have no trigger.",
+        &CAPTURE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
+/// The capture mode; `trigger` when the library is not preloaded (no worker could decode).
+pub fn capture() -> Capture {
+    CAPTURE.get()
+}
+
+/// `webhook.capture_lag_alert` in bytes.
+pub fn capture_lag_alert_bytes() -> i64 {
+    i64::from(CAPTURE_LAG_ALERT_KB.get()) * 1024
 }
 
 /// Define every setting. The postmaster-only ones (which database, how many workers) exist
@@ -159,6 +191,16 @@ pub fn register(preloading: bool) {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"webhook.capture_lag_alert",
+        c"WAL capture lag (bytes of WAL not yet captured) past which capture.lag.raised is sent.",
+        c"webhook.capture = 'wal' only; capture.lag.resolved follows when the lag is back under it.",
+        &CAPTURE_LAG_ALERT_KB,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
     );
 }
 

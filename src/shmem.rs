@@ -13,6 +13,11 @@ pub const MAX_WORKERS: usize = 16;
 static LATCHES: PgAtomic<[AtomicUsize; MAX_WORKERS]> =
     unsafe { PgAtomic::new(c"webhook_worker_latches") };
 static PRELOADED: AtomicBool = AtomicBool::new(false);
+// SAFETY: "webhook_capture_status" is this extension's own shared memory name.
+/// WAL capture (SPEC §8): [when the first worker last had read the whole WAL (a TimestampTz),
+/// whether capture.lag.raised is in force (0 or 1)].
+static CAPTURE_STATUS: PgAtomic<[AtomicUsize; 2]> =
+    unsafe { PgAtomic::new(c"webhook_capture_status") };
 
 /// Bytes of a worker's last error kept (the message is cut at a character boundary).
 const ERROR_LEN: usize = 512;
@@ -83,6 +88,7 @@ thread_local! {
 pub fn init() {
     pg_shmem_init!(LATCHES);
     pg_shmem_init!(WORKERS);
+    pg_shmem_init!(CAPTURE_STATUS);
     PRELOADED.store(true, Ordering::Relaxed);
 }
 
@@ -148,6 +154,43 @@ pub fn workers() -> Vec<Health> {
     }
     let workers = WORKERS.share();
     workers.0.iter().filter(|h| h.pid != 0).copied().collect()
+}
+
+/// The first worker has read the WAL up to its end (WAL capture).
+pub fn capture_caught_up() {
+    if PRELOADED.load(Ordering::Relaxed) {
+        CAPTURE_STATUS.get()[0].store(now().max(0) as usize, Ordering::Relaxed);
+    }
+}
+
+/// When the WAL was last read up to its end (None: not since the server started).
+pub fn capture_caught_up_at() -> Option<pg_sys::TimestampTz> {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        return None;
+    }
+    match CAPTURE_STATUS.get()[0].load(Ordering::Relaxed) {
+        0 => None,
+        at => Some(at as pg_sys::TimestampTz),
+    }
+}
+
+/// Whether capture.lag.raised is in force; `set` changes it and returns the previous value.
+pub fn capture_lag_raised(set: Option<bool>) -> bool {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        return false;
+    }
+    let flag = &CAPTURE_STATUS.get()[1];
+    match set {
+        Some(v) => flag.swap(usize::from(v), Ordering::Relaxed) != 0,
+        None => flag.load(Ordering::Relaxed) != 0,
+    }
+}
+
+/// Wake the workers now (WAL capture: `watch` waiting for the slot).
+pub fn wake_workers_now() {
+    if PRELOADED.load(Ordering::Relaxed) {
+        wake_workers();
+    }
 }
 
 fn wake_workers() {

@@ -1,6 +1,6 @@
 //! Destinations: create, alter, rotate their secret, drop, send a test request.
 
-use super::subscriptions::{require_trigger_right, sync_trigger, watched_tables};
+use super::subscriptions::{require_trigger_right, watched_tables};
 use super::{endpoint_id, first_value, invalidate_capture_plans, require_current_schema, required};
 use crate::delivery;
 use crate::endpoint::{self, Format};
@@ -311,7 +311,7 @@ struct HandTrigger {
 
 /// The capture triggers attached by hand that name the endpoint: every `webhook.capture()`
 /// trigger but `watch`'s own (`webhook_capture` on a table the endpoint watches, which
-/// `sync_trigger` maintains), and not the clones PostgreSQL makes on partitions.
+/// `capture::attach::sync` maintains), and not the clones PostgreSQL makes on partitions.
 fn hand_triggers(
     client: &SpiClient,
     endpoint: &str,
@@ -496,7 +496,7 @@ fn drop_endpoint_0_3(name: Option<&str>, force: default!(Option<bool>, "false"))
                 &[id.into()],
             )?;
             for relid in tables {
-                sync_trigger(client, relid)?;
+                crate::capture::attach::sync(client, relid)?;
             }
             client.update(
                 &delivery::delete_sql("SELECT id FROM webhook.delivery WHERE endpoint_id = $1"),

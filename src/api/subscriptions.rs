@@ -1,12 +1,12 @@
 //! Subscriptions: watch and unwatch a table, the capture trigger they maintain, and the access
 //! checks that keep a caller to tables it could read and attach triggers to itself.
 
-use super::{endpoint_id, first_value, invalidate_capture_plans, required, string_list};
-use crate::capture::{predicate, table};
+use super::{endpoint_id, first_value, required, string_list};
+use crate::capture::{attach, predicate, table};
 use crate::error::{not_null, OrRaise, Result, WebhookError};
 use crate::subscription::Options;
 use pgrx::prelude::*;
-use pgrx::spi::{quote_literal, SpiClient};
+use pgrx::spi::SpiClient;
 use pgrx::{JsonB, PgRelation};
 
 /// Tables an endpoint watches.
@@ -63,56 +63,6 @@ fn table_name(client: &SpiClient, relid: pg_sys::Oid) -> Result<Option<String>> 
         None,
         &[relid.into()],
     )?)
-}
-
-/// Make the table's `webhook_capture` trigger name exactly the endpoints subscribed to it.
-pub(super) fn sync_trigger(client: &mut SpiClient, relid: pg_sys::Oid) -> Result<()> {
-    // A table dropped meanwhile has no trigger left to maintain.
-    let Some(table) = table_name(client, relid)? else {
-        return Ok(());
-    };
-    let mut endpoints: Vec<String> = Vec::new();
-    for row in client.select(
-        "SELECT e.name FROM webhook.subscription s JOIN webhook.endpoint e ON e.id = s.endpoint_id
-         WHERE s.relid::oid = $1 ORDER BY e.name",
-        None,
-        &[relid.into()],
-    )? {
-        endpoints.extend(row.get_by_name::<String, _>("name")?);
-    }
-    let exists = client
-        .select(
-            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = 'webhook_capture')",
-            None,
-            &[relid.into()],
-        )?
-        .first()
-        .get_one::<bool>()?
-        .unwrap_or(false);
-    if exists {
-        client.update(
-            &format!("DROP TRIGGER webhook_capture ON {table}"),
-            None,
-            &[],
-        )?;
-    }
-    if !endpoints.is_empty() {
-        let args = endpoints
-            .iter()
-            .map(quote_literal)
-            .collect::<Vec<_>>()
-            .join(", ");
-        client.update(
-            &format!(
-                "CREATE TRIGGER webhook_capture AFTER INSERT OR UPDATE OR DELETE ON {table}
-                 FOR EACH ROW EXECUTE FUNCTION webhook.capture({args})"
-            ),
-            None,
-            &[],
-        )?;
-    }
-    invalidate_capture_plans(relid);
-    Ok(())
 }
 
 /// The columns a subscription names, option by option, with the attribute number and type
@@ -273,6 +223,7 @@ fn watch_with(a: WatchArgs, old_schema: bool) -> Result<i64> {
         let table = table::load(relid)?;
         require_table_rights(relid, &table.qualified_name)?;
         let shape = options.resolve(&table)?;
+        attach::ready_to_watch()?;
         // SAFETY: reads the session's outer user id, a plain global set at connection time.
         let caller = unsafe { pg_sys::GetOuterUserId() };
         let analysed = match predicate {
@@ -308,7 +259,7 @@ fn watch_with(a: WatchArgs, old_schema: bool) -> Result<i64> {
                     .ok_or_else(|| {
                         WebhookError::Internal("INSERT ... RETURNING id gave no id".into())
                     })?;
-                sync_trigger(client, relid)?;
+                attach::sync(client, relid)?;
                 return Ok(id);
             }
             let predicate_columns = analysed.as_ref().map(|a| a.columns.as_slice());
@@ -353,7 +304,7 @@ fn watch_with(a: WatchArgs, old_schema: bool) -> Result<i64> {
                 .first()
                 .get_one()?
                 .ok_or_else(|| WebhookError::Internal("INSERT ... RETURNING id gave no id".into()))?;
-            sync_trigger(client, relid)?;
+            attach::sync(client, relid)?;
             Ok(id)
         })
     };
@@ -420,7 +371,7 @@ fn unwatch(tbl: Option<PgRelation>, endpoint: Option<&str>) {
                     endpoint: endpoint.to_string(),
                 });
             }
-            sync_trigger(client, relid)?;
+            attach::sync(client, relid)?;
             Ok(())
         })
     };

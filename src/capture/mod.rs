@@ -4,12 +4,14 @@
 //! subscription look-ups (once per session) and `nextval` run as the owner of the queue table,
 //! the way PostgreSQL's own foreign-key triggers switch user, with every operator qualified.
 
+pub mod attach;
 mod enqueue;
 mod payload;
 pub mod predicate;
 mod row;
 pub mod sync;
 pub mod table;
+pub mod wal;
 
 use crate::endpoint::Format;
 use crate::error::Result as WebhookResult;
@@ -27,7 +29,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 /// One endpoint a trigger sends to, with that endpoint's subscription for the table.
-struct Target {
+pub(crate) struct Target {
     endpoint_id: i64,
     endpoint_name: String,
     /// A disabled endpoint still captures, but its deliveries need no worker wake-up.
@@ -42,10 +44,13 @@ struct Target {
     /// The columns an UPDATE must change (any of them) to be worth rendering as JSON at all;
     /// an UPDATE that leaves their images untouched is not sent (SPEC §5).
     update_attnums: Vec<i32>,
+    /// WAL capture (SPEC §8): the changes this subscription takes from the WAL, by LSN
+    /// (from, until); None for a trigger's targets.
+    pub(crate) wal_range: Option<(u64, Option<u64>)>,
 }
 
 /// Everything a trigger needs per row, built once per backend and trigger.
-struct Plan {
+pub(crate) struct Plan {
     relid: pg_sys::Oid,
     table: TableShape,
     targets: Vec<Target>,
@@ -127,9 +132,15 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
             }
         }
     });
+    wal::forget(relid, relid == ENDPOINT_TABLE.with(Cell::get));
 }
 
-fn register_invalidation_callback() {
+/// Counts relcache invalidations: a plan built while it moved may be stale, so is not kept.
+fn generation() -> u64 {
+    GENERATION.with(Cell::get)
+}
+
+pub(crate) fn register_invalidation_callback() {
     CALLBACK_REGISTERED.with(|r| {
         if !r.get() {
             // SAFETY: the callback is a #[pg_guard] function that only touches this thread's
@@ -264,6 +275,7 @@ fn target(
     Ok(Target {
         predicate,
         update_attnums,
+        wal_range: None,
         endpoint_id: not_null(&row, "endpoint_id")?,
         endpoint_name: name.to_string(),
         enabled: column(&row, "enabled")?.unwrap_or(true),
@@ -291,6 +303,27 @@ fn build_plan(
         )
     };
     let table = table::load(relid)?;
+    let names: Vec<&str> = endpoint_names.iter().map(String::as_str).collect();
+    // SAFETY: the relation's own descriptor and row type.
+    unsafe { plan(trigger_name, relid, desc, row_type, table, &names) }
+}
+
+/// A plan for rows of `relid` described by `desc`, whose composite type is `row_type`, sent to
+/// the endpoints named.
+///
+/// # Safety
+/// `desc` must describe the rows the plan is used for, `row_type` must be their type (or
+/// RECORD for a blessed descriptor), and `desc` must have the table's attribute numbers for
+/// every column a subscription names.
+pub(crate) unsafe fn plan(
+    label: &str,
+    relid: pg_sys::Oid,
+    desc: pg_sys::TupleDesc,
+    row_type: pg_sys::Oid,
+    table: TableShape,
+    endpoint_names: &[&str],
+) -> WebhookResult<Plan> {
+    register_invalidation_callback();
     let (queue_owner, schema_version) = extension()?;
     let targets_sql = targets_sql(&schema_version);
     as_user(queue_owner, || {
@@ -303,7 +336,7 @@ fn build_plan(
             ENDPOINT_TABLE.with(|e| e.set(endpoint_table.unwrap_or(pg_sys::InvalidOid)));
             let targets = endpoint_names
                 .iter()
-                .map(|name| target(c, trigger_name, &table, relid, desc, name, &targets_sql))
+                .map(|name| target(c, label, &table, relid, desc, name, &targets_sql))
                 .collect::<WebhookResult<Vec<_>>>()?;
             let message_ids = c
                 .select(MESSAGE_IDS_SQL, None, &[])?
@@ -313,7 +346,7 @@ fn build_plan(
             Ok(Plan {
                 relid,
                 targets,
-                // SAFETY: the relation's own row type.
+                // SAFETY: the caller guarantees `row_type` is the rows' type.
                 to_jsonb: unsafe { ToJsonb::new(row_type) },
                 queue_owner,
                 message_ids,
@@ -461,51 +494,41 @@ impl Target {
     }
 }
 
-#[pg_trigger]
-fn capture<'a>(
-    trigger: &'a pgrx::PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-    let data = trigger.trigger_data();
-    let event = data.tg_event;
-    let tg = trigger.trigger();
-    if !pgrx::trigger_support::trigger_fired_for_row(event)
-        || !pgrx::trigger_support::trigger_fired_after(event)
-    {
-        // SAFETY: PostgreSQL's trigger name is NUL-terminated and valid for the trigger call.
-        let name = unsafe { std::ffi::CStr::from_ptr(tg.tgname) }.to_string_lossy();
-        WebhookError::WrongState(format!(
-            "trigger \"{name}\": webhook.capture() must be an AFTER ... FOR EACH ROW trigger"
-        ))
-        .raise();
-    }
-    let (op, old, new) = if pgrx::trigger_support::trigger_fired_by_insert(event) {
-        (Op::Insert, None, Some(data.tg_trigtuple))
-    } else if pgrx::trigger_support::trigger_fired_by_update(event) {
-        (Op::Update, Some(data.tg_trigtuple), Some(data.tg_newtuple))
-    } else {
-        (Op::Delete, Some(data.tg_trigtuple), None)
-    };
-    let relation = data.tg_relation;
-    let plan = plan_for(tg, relation);
-    // SAFETY: tg_relation is the open relation the trigger fired on; its descriptor lives as
-    // long as it is open.
-    let desc = unsafe { (*relation).rd_att };
+/// Decide, render and queue one row change for every target `active` accepts; true when a
+/// delivery for an enabled endpoint was queued (the workers need waking at commit).
+///
+/// # Safety
+/// `old` and `new` must be valid heap tuples described by `desc`, the descriptor the plan's
+/// targets were built for.
+pub(crate) unsafe fn queue_change(
+    plan: &Plan,
+    op: Op,
+    old: Option<pg_sys::HeapTuple>,
+    new: Option<pg_sys::HeapTuple>,
+    desc: pg_sys::TupleDesc,
+    occurred_at: &str,
+    active: impl Fn(&Target) -> bool,
+) -> bool {
     let decisions: Vec<Decision> = plan
         .targets
         .iter()
-        // SAFETY: the trigger's own tuples, described by the relation's descriptor.
-        .map(|t| unsafe { t.decide(op, old, new, desc, plan.queue_owner) })
+        .map(|t| {
+            if !active(t) {
+                return Decision::Skip;
+            }
+            // SAFETY: the caller's tuples and descriptor.
+            unsafe { t.decide(op, old, new, desc, plan.queue_owner) }
+        })
         .collect();
     if decisions.iter().all(|d| *d == Decision::Skip) {
-        return Ok(None);
+        return false;
     }
-    // SAFETY: the trigger's tuples belong to the relation whose descriptor `desc` is; the text
-    // lives in the trigger call's memory context.
+    // SAFETY: the caller's tuples belong to the rows `desc` describes; the text lives in the
+    // current memory context.
     let render = |t: Option<pg_sys::HeapTuple>| t.map(|t| unsafe { plan.to_jsonb.render(t, desc) });
     let (old_json, new_json) = (render(old), render(new));
     let old_row = old_json.map(parse_row);
     let new_row = new_json.map(parse_row);
-    let occurred_at = occurred_at();
     let mut wake = false;
     for (target, decision) in plan.targets.iter().zip(decisions) {
         let change = match decision {
@@ -553,7 +576,7 @@ fn capture<'a>(
         };
         let meta = Meta {
             id: message_id.as_deref().unwrap_or_default(),
-            occurred_at: &occurred_at,
+            occurred_at,
             sync_run_id: None,
         };
         let body = match target.format {
@@ -584,6 +607,40 @@ fn capture<'a>(
         );
         wake |= target.enabled;
     }
+    wake
+}
+
+#[pg_trigger]
+fn capture<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+    let data = trigger.trigger_data();
+    let event = data.tg_event;
+    let tg = trigger.trigger();
+    if !pgrx::trigger_support::trigger_fired_for_row(event)
+        || !pgrx::trigger_support::trigger_fired_after(event)
+    {
+        // SAFETY: PostgreSQL's trigger name is NUL-terminated and valid for the trigger call.
+        let name = unsafe { std::ffi::CStr::from_ptr(tg.tgname) }.to_string_lossy();
+        WebhookError::WrongState(format!(
+            "trigger \"{name}\": webhook.capture() must be an AFTER ... FOR EACH ROW trigger"
+        ))
+        .raise();
+    }
+    let (op, old, new) = if pgrx::trigger_support::trigger_fired_by_insert(event) {
+        (Op::Insert, None, Some(data.tg_trigtuple))
+    } else if pgrx::trigger_support::trigger_fired_by_update(event) {
+        (Op::Update, Some(data.tg_trigtuple), Some(data.tg_newtuple))
+    } else {
+        (Op::Delete, Some(data.tg_trigtuple), None)
+    };
+    let relation = data.tg_relation;
+    let plan = plan_for(tg, relation);
+    // SAFETY: tg_relation is the open relation the trigger fired on; its descriptor lives as
+    // long as it is open.
+    let desc = unsafe { (*relation).rd_att };
+    // SAFETY: the trigger's own tuples, described by the relation's descriptor.
+    let wake = unsafe { queue_change(&plan, op, old, new, desc, &occurred_at(), |_| true) };
     if wake {
         shmem::wake_workers_at_commit();
     }

@@ -24,6 +24,17 @@ impl Memory {
         })
     }
 
+    pub fn context(&self) -> pg_sys::MemoryContext {
+        self.0
+    }
+
+    /// Free everything allocated in the context so far.
+    pub fn reset(&self) {
+        // SAFETY: `self.0` is a live context; nothing that outlives this call points into it
+        // (callers reset between units of work whose results were written out).
+        unsafe { pg_sys::MemoryContextReset(self.0) };
+    }
+
     /// Run `f` with this context current: what it allocates lives as long as `self`.
     pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
         // SAFETY: `self.0` is a live context; the previous one is restored below, or by the

@@ -1,0 +1,451 @@
+//! WAL capture (SPEC §8): the first worker reads committed changes back from a logical
+//! replication slot (the built-in `pgoutput` plugin) and queues them through the same code as
+//! the capture trigger (`super::queue_change`), so both modes send the same payloads.
+//!
+//! Reading is peek → queue → commit → advance. A slot is not transactional, so the end LSN of
+//! the last transaction whose changes were queued is stored in `webhook.capture_state`, in the
+//! same transaction as the queue rows: a transaction read again after a crash is skipped, and
+//! its changes keep the webhook-ids they were queued with. The slot is advanced to that
+//! position at the start of the next step, when it is committed.
+//!
+//! Each change is rendered with a descriptor of the columns it was made with (the `Relation`
+//! message), laid out at the table's current attribute numbers wherever a column of the same
+//! name and type still exists: the predicate, compiled for the table as it is, reads the
+//! columns it names (which the DDL guard keeps), while `to_jsonb` renders the columns the row
+//! had when it was written.
+
+mod pgoutput;
+pub mod slot;
+
+use super::payload::Op;
+use super::row::Memory;
+use super::{queue_change, table, Plan};
+use crate::error::{Result, WebhookError};
+use crate::shmem;
+use crate::subscription::TableShape;
+use pgoutput::{Column, Message, Value};
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A relation's plan for one column set, or None when the WAL path sends nothing for it (no
+/// subscription takes changes from the WAL, or a hand-attached `capture()` trigger does).
+type Cached = Option<Rc<WalPlan>>;
+
+thread_local! {
+    static PLANS: RefCell<HashMap<(u32, Vec<Column>), Cached>> = RefCell::new(HashMap::new());
+}
+
+/// Forget the plans of `relid` (all of them for InvalidOid, or when `all`); called by the
+/// capture module's relcache invalidation callback.
+pub(crate) fn forget(relid: pg_sys::Oid, all: bool) {
+    PLANS.with(|p| {
+        if let Ok(mut plans) = p.try_borrow_mut() {
+            if all || relid == pg_sys::InvalidOid {
+                plans.clear();
+            } else {
+                plans.retain(|(r, _), _| *r != relid.to_u32());
+            }
+        }
+    });
+}
+
+/// Where one column of a change goes in the plan's descriptor, and how its text is read.
+struct Input {
+    /// 0-based position in the descriptor.
+    position: usize,
+    function: Box<pg_sys::FmgrInfo>,
+    io_param: pg_sys::Oid,
+    type_modifier: i32,
+}
+
+struct WalPlan {
+    plan: Plan,
+    desc: pg_sys::TupleDesc,
+    natts: usize,
+    inputs: Vec<Input>,
+    /// Owns `desc` and the input functions' state.
+    _memory: Memory,
+}
+
+const SUBSCRIPTIONS_SQL: &str = "SELECT e.name,
+        (s.wal_from OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.int8 AS wal_from,
+        (s.wal_until OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.int8 AS wal_until
+    FROM webhook.subscription s JOIN webhook.endpoint e ON e.id OPERATOR(pg_catalog.=) s.endpoint_id
+    WHERE s.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND s.wal_from IS NOT NULL
+    ORDER BY e.name";
+
+/// A trigger calling `webhook.capture()` that `watch` did not make: it captures the table
+/// itself, so the WAL path leaves the table alone (never twice).
+const HAND_ATTACHED_SQL: &str = "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger t
+    WHERE t.tgrelid OPERATOR(pg_catalog.=) $1
+      AND t.tgfoid OPERATOR(pg_catalog.=) 'webhook.capture()'::pg_catalog.regprocedure
+      AND t.tgname OPERATOR(pg_catalog.<>) 'webhook_capture')";
+
+/// The descriptor a change's columns are rendered with: the table's current attribute numbers
+/// for columns that still exist with the same name and type, dropped placeholders for current
+/// columns the change did not have, and the change's other columns after them. Returns the
+/// descriptor and each change column's position.
+///
+/// # Safety
+/// `current` must be a valid descriptor; call with the plan's memory context current.
+unsafe fn change_desc(
+    current: pg_sys::TupleDesc,
+    columns: &[Column],
+) -> (pg_sys::TupleDesc, Vec<usize>) {
+    // SAFETY: the caller guarantees `current` is valid; its attribute array holds natts entries.
+    let attrs = unsafe { (*current).attrs.as_slice((*current).natts as usize) };
+    let mut positions = Vec::with_capacity(columns.len());
+    let mut extra = 0;
+    for c in columns {
+        let same = attrs.iter().position(|a| {
+            !a.attisdropped
+                && a.atttypid.to_u32() == c.type_oid
+                // SAFETY: attname is a NUL-terminated NameData.
+                && unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) }.to_bytes()
+                    == c.name.as_bytes()
+                && !positions.contains(&(a.attnum as usize - 1))
+        });
+        positions.push(same.unwrap_or_else(|| {
+            extra += 1;
+            attrs.len() + extra - 1
+        }));
+    }
+    let natts = attrs.len() + extra;
+    // SAFETY: a new descriptor of natts attributes, each initialised below exactly once.
+    let desc = unsafe { pg_sys::CreateTemplateTupleDesc(natts as i32) };
+    for position in 0..natts {
+        let attno = (position + 1) as i16;
+        match positions.iter().position(|&p| p == position) {
+            Some(i) => {
+                let c = &columns[i];
+                let name = std::ffi::CString::new(c.name.replace('\0', "")).unwrap_or_default();
+                // SAFETY: attno is within the descriptor; the type OID comes from the WAL and
+                // is looked up in pg_type (an unknown one raises an ERROR).
+                unsafe {
+                    pg_sys::TupleDescInitEntry(
+                        desc,
+                        attno,
+                        name.as_ptr(),
+                        pg_sys::Oid::from(c.type_oid),
+                        c.type_modifier,
+                        0,
+                    )
+                };
+            }
+            None => {
+                // SAFETY: as above, with a built-in type; the attribute is then marked dropped,
+                // so `to_jsonb` skips it and every tuple holds NULL there.
+                unsafe {
+                    pg_sys::TupleDescInitEntry(
+                        desc,
+                        attno,
+                        c"........pg.dropped........".as_ptr(),
+                        pg_sys::INT4OID,
+                        -1,
+                        0,
+                    );
+                    (*desc).attrs.as_mut_slice(natts)[position].attisdropped = true;
+                }
+            }
+        }
+    }
+    (desc, positions)
+}
+
+/// The plan for a relation's changes made with `columns`; None when nothing is captured.
+fn plan_for(relid: u32, namespace: &str, name: &str, columns: &[Column]) -> Result<Cached> {
+    let key = (relid, columns.to_vec());
+    if let Some(cached) = PLANS.with(|p| p.borrow().get(&key).cloned()) {
+        return Ok(cached);
+    }
+    let generation = super::generation();
+    let built = build(pg_sys::Oid::from(relid), namespace, name, columns)?;
+    if super::generation() == generation {
+        PLANS.with(|p| p.borrow_mut().insert(key, built.clone()));
+    }
+    Ok(built)
+}
+
+fn build(relid: pg_sys::Oid, namespace: &str, name: &str, columns: &[Column]) -> Result<Cached> {
+    super::register_invalidation_callback();
+    let (subscriptions, hand_attached) = Spi::connect(|c| {
+        let subs = c
+            .select(SUBSCRIPTIONS_SQL, None, &[relid.into()])?
+            .map(|r| {
+                Ok((
+                    crate::error::not_null::<String>(&r, "name")?,
+                    crate::error::not_null::<i64>(&r, "wal_from")? as u64,
+                    r.get_by_name::<i64, _>("wal_until")?.map(|u| u as u64),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let hand = c
+            .select(HAND_ATTACHED_SQL, None, &[relid.into()])?
+            .first()
+            .get_one::<bool>()?
+            .unwrap_or(false);
+        Ok::<_, WebhookError>((subs, hand))
+    })?;
+    if subscriptions.is_empty() || hand_attached {
+        return Ok(None);
+    }
+    let current = table::load(relid)?;
+    let shape = TableShape {
+        qualified_name: format!("{namespace}.{name}"),
+        schema: namespace.to_string(),
+        table: name.to_string(),
+        columns: columns
+            .iter()
+            .map(|c| (c.name.clone(), c.type_oid == pg_sys::TEXTARRAYOID.to_u32()))
+            .collect(),
+        primary_key: current
+            .primary_key
+            .into_iter()
+            .filter(|k| columns.iter().any(|c| &c.name == k))
+            .collect(),
+    };
+    let memory = Memory::new(c"webhook wal plan");
+    // SAFETY: the table exists (its subscriptions do: dropping it removes them); it is opened
+    // and closed again under AccessShareLock, which the transaction keeps.
+    let relation = unsafe { pg_sys::relation_open(relid, pg_sys::AccessShareLock as i32) };
+    // SAFETY: the open relation's descriptor; the new descriptor lives in `memory`.
+    let (desc, positions) = memory.run(|| unsafe { change_desc((*relation).rd_att, columns) });
+    // SAFETY: closes what was opened above, keeping the lock.
+    unsafe { pg_sys::relation_close(relation, pg_sys::NoLock as i32) };
+    // SAFETY: registers the descriptor's row type (a copy) in the backend's record type cache,
+    // so `to_jsonb` can find it from the tuples' headers.
+    let desc = unsafe { pg_sys::BlessTupleDesc(desc) };
+    // SAFETY: `desc` was just built with natts attributes.
+    let natts = unsafe { (*desc).natts } as usize;
+    let names: Vec<&str> = subscriptions.iter().map(|(n, _, _)| n.as_str()).collect();
+    // SAFETY: `desc` describes the tuples this plan renders, as the blessed RECORD type, with
+    // the table's attribute numbers for every column a subscription names (change_desc).
+    let mut plan =
+        unsafe { super::plan("WAL capture", relid, desc, pg_sys::RECORDOID, shape, &names)? };
+    for target in &mut plan.targets {
+        target.wal_range = subscriptions
+            .iter()
+            .find(|(n, _, _)| *n == target.endpoint_name)
+            .map(|(_, from, until)| (*from, *until));
+    }
+    let inputs = columns
+        .iter()
+        .zip(positions)
+        .map(|(c, position)| {
+            let mut function = Box::new(pg_sys::FmgrInfo::default());
+            let (mut input, mut io_param) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+            // SAFETY: the type exists (the descriptor was built from it); the function's state
+            // lives in `memory`, which the plan owns.
+            unsafe {
+                pg_sys::getTypeInputInfo(pg_sys::Oid::from(c.type_oid), &mut input, &mut io_param);
+                pg_sys::fmgr_info_cxt(input, function.as_mut(), memory.context());
+            }
+            Input {
+                position,
+                function,
+                io_param,
+                type_modifier: c.type_modifier,
+            }
+        })
+        .collect();
+    Ok(Some(Rc::new(WalPlan {
+        plan,
+        desc,
+        natts,
+        inputs,
+        _memory: memory,
+    })))
+}
+
+impl WalPlan {
+    /// A heap tuple of the plan's descriptor from a change's column values; `Unchanged` (a
+    /// TOASTed value an UPDATE kept) is taken from `base`, the old row. Palloc'd in the
+    /// current memory context.
+    fn tuple(&self, values: &[Value], base: Option<&[Value]>) -> pg_sys::HeapTuple {
+        let mut datums = vec![pg_sys::Datum::from(0); self.natts];
+        let mut nulls = vec![true; self.natts];
+        for (i, input) in self.inputs.iter().enumerate() {
+            let value = match values.get(i) {
+                Some(Value::Unchanged) => base.and_then(|b| b.get(i)).unwrap_or(&Value::Null),
+                Some(v) => v,
+                None => &Value::Null,
+            };
+            let Value::Text(text) = value else {
+                continue;
+            };
+            // SAFETY: a NUL-terminated copy of the text in the current memory context, read by
+            // the column type's input function, as COPY FROM would.
+            datums[input.position] = unsafe {
+                let cstr = pg_sys::pnstrdup(text.as_ptr().cast(), text.len());
+                pg_sys::InputFunctionCall(
+                    std::ptr::from_ref(input.function.as_ref()).cast_mut(),
+                    cstr,
+                    input.io_param,
+                    input.type_modifier,
+                )
+            };
+            nulls[input.position] = false;
+        }
+        // SAFETY: datums and nulls hold natts entries each, for the plan's descriptor.
+        unsafe { pg_sys::heap_form_tuple(self.desc, datums.as_mut_ptr(), nulls.as_mut_ptr()) }
+    }
+}
+
+/// How long since the first worker last read the WAL up to its end; None when it has not since
+/// the server started.
+pub fn lag_ms() -> Option<i64> {
+    // SAFETY: reads the system clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    shmem::capture_caught_up_at().map(|at| ((now - at) / 1000).max(0))
+}
+
+/// What one step did.
+pub struct Progress {
+    /// Row changes read from the WAL (queued or not).
+    pub changes: usize,
+    /// Whether the read reached the end of the WAL (fewer messages than asked for).
+    pub caught_up: bool,
+}
+
+/// The transaction being read.
+struct Txn {
+    skip: bool,
+    occurred_at: String,
+}
+
+/// Read up to about `limit` messages from the slot and queue their changes, in the caller's
+/// transaction. The slot is first moved to what is committed: the end of the last transaction
+/// queued, or `read_upto`, a position an earlier (committed) step read the WAL up to.
+pub fn step(limit: i64, read_upto: Option<u64>) -> Result<Progress> {
+    let slot = slot::name();
+    // PostgreSQL logs each start of logical decoding (every read and advance) at LOG.
+    Spi::connect(|c| {
+        c.select(
+            "SELECT pg_catalog.set_config('log_min_messages', 'warning', true)",
+            None,
+            &[],
+        )?;
+        Ok::<_, WebhookError>(())
+    })?;
+    let applied = slot::applied_lsn(&slot)?;
+    slot::advance(&slot, applied.max(read_upto.unwrap_or(0)))?;
+    let memory = Memory::new(c"webhook wal change");
+    let mut relations: HashMap<u32, (String, String, Vec<Column>)> = HashMap::new();
+    let mut txn: Option<Txn> = None;
+    let mut messages = 0usize;
+    let mut changes = 0usize;
+    let mut last_end = applied;
+    let mut wake = false;
+    Spi::connect(|client| {
+        let mut cursor = client.open_cursor(slot::PEEK_SQL, &[slot.as_str().into(), limit.into()]);
+        loop {
+            let rows: Vec<(i64, Vec<u8>)> = cursor
+                .fetch(1000)?
+                .map(|r| {
+                    Ok((
+                        crate::error::not_null::<i64>(&r, "lsn")?,
+                        crate::error::not_null::<Vec<u8>>(&r, "data")?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            if rows.is_empty() {
+                break;
+            }
+            messages += rows.len();
+            for (lsn, data) in &rows {
+                let message = pgoutput::parse(data)
+                    .map_err(|e| WebhookError::Internal(format!("WAL capture: {e}")))?;
+                match &message {
+                    Message::Begin {
+                        final_lsn,
+                        commit_time,
+                        ..
+                    } => {
+                        txn = Some(Txn {
+                            skip: *final_lsn < applied,
+                            occurred_at: super::rfc3339(*commit_time),
+                        });
+                    }
+                    Message::Commit { end_lsn, .. } => {
+                        if txn.take().is_some_and(|t| !t.skip) {
+                            last_end = last_end.max(*end_lsn);
+                        }
+                    }
+                    Message::Relation {
+                        relid,
+                        namespace,
+                        name,
+                        columns,
+                        ..
+                    } => {
+                        relations
+                            .insert(*relid, (namespace.clone(), name.clone(), columns.clone()));
+                    }
+                    Message::Insert { relid, .. }
+                    | Message::Update { relid, .. }
+                    | Message::Delete { relid, .. } => {
+                        changes += 1;
+                        let Some(t) = txn.as_ref().filter(|t| !t.skip) else {
+                            continue;
+                        };
+                        let Some((namespace, name, columns)) = relations.get(relid) else {
+                            return Err(WebhookError::Internal(format!(
+                                "WAL capture: a change of relation {relid} came before its description"
+                            )));
+                        };
+                        let Some(plan) = plan_for(*relid, namespace, name, columns)? else {
+                            continue;
+                        };
+                        let lsn = *lsn as u64;
+                        wake |= memory.run(|| apply(&plan, &message, lsn, &t.occurred_at));
+                        memory.reset();
+                    }
+                    Message::Other(_) => {}
+                }
+            }
+        }
+        Ok::<_, WebhookError>(())
+    })?;
+    if last_end > applied {
+        Spi::connect_mut(|client| slot::record_applied(client, &slot, last_end))?;
+    }
+    if wake {
+        shmem::wake_workers_at_commit();
+    }
+    Ok(Progress {
+        changes,
+        caught_up: (messages as i64) < limit,
+    })
+}
+
+/// Queue one change for the subscriptions whose WAL range holds its LSN.
+fn apply(plan: &WalPlan, message: &Message, lsn: u64, occurred_at: &str) -> bool {
+    let (op, old, new) = match message {
+        Message::Insert { new, .. } => (Op::Insert, None, Some(plan.tuple(new, None))),
+        Message::Update { old, new, .. } => {
+            let Some(old) = old else {
+                warning!(
+                    "webhook: an UPDATE of {} came without its old row (REPLICA IDENTITY is not FULL); not sent",
+                    plan.plan.table.qualified_name
+                );
+                return false;
+            };
+            (
+                Op::Update,
+                Some(plan.tuple(old, None)),
+                Some(plan.tuple(new, Some(old))),
+            )
+        }
+        Message::Delete { old, .. } => (Op::Delete, Some(plan.tuple(old, None)), None),
+        _ => return false,
+    };
+    let in_range = |t: &super::Target| {
+        t.wal_range
+            .is_some_and(|(from, until)| lsn >= from && until.is_none_or(|u| lsn < u))
+    };
+    // SAFETY: both tuples were formed from the plan's descriptor, the one its targets were
+    // built for.
+    unsafe { queue_change(&plan.plan, op, old, new, plan.desc, occurred_at, in_range) }
+}

@@ -1,0 +1,310 @@
+//! The first worker's share of WAL capture (SPEC §8): keep the slot and publication, move
+//! tables between the capture modes after a restart, read the slot between claims, and raise
+//! or resolve the lag alert. In trigger mode it only finishes what WAL mode left (reads the
+//! slot up to where the triggers took over, then drops it).
+
+use super::step;
+use crate::capture::{attach, wal};
+use crate::error::Result;
+use crate::events;
+use crate::guc::{self, Capture};
+use crate::shmem;
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+/// Messages read from the slot per transaction (whole transactions: a large one is read whole).
+const READ_LIMIT: i64 = 5_000;
+/// While the WAL grows only by a little, read at most this often (each read decodes the WAL
+/// from the slot's restart point).
+const READ_EVERY: Duration = Duration::from_millis(5);
+/// How often a running-transactions record is written while changes flow, so that the slot's
+/// restart point (and what each read decodes again) keeps up.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(200);
+/// How often the slot, the modes of the tables and the lag alert are looked at.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+pub struct WalReader {
+    /// The slot, its position row and the publication exist (WAL mode).
+    ready: bool,
+    /// A slot is left to read (trigger mode after WAL mode).
+    draining: bool,
+    warned_wal_level: bool,
+    /// The WAL insert position when the last read reached the end of the WAL.
+    caught_up_at_lsn: Option<u64>,
+    /// The WAL flush position before the last read that reached the end: every transaction
+    /// that committed before it is queued (or skipped as not watched).
+    read_upto: Option<u64>,
+    last_read: Option<Instant>,
+    last_snapshot: Instant,
+    last_look: Option<Instant>,
+}
+
+/// What to do with the tables' capture this time round.
+enum Look {
+    Nothing,
+    Read,
+}
+
+fn insert_lsn() -> u64 {
+    // SAFETY: reads the WAL insert position from shared memory under its spinlock; callable
+    // in any backend, in or out of a transaction.
+    unsafe { pg_sys::GetXLogInsertRecPtr() }
+}
+
+impl WalReader {
+    pub fn new() -> WalReader {
+        WalReader {
+            ready: false,
+            draining: false,
+            warned_wal_level: false,
+            caught_up_at_lsn: None,
+            read_upto: None,
+            last_read: None,
+            last_snapshot: Instant::now(),
+            last_look: None,
+        }
+    }
+
+    /// One turn of the loop; true while there is more to read now (no sleeping). `ready`: the
+    /// extension is installed at this library's version.
+    pub fn turn(&mut self, ready: bool) -> bool {
+        let look_due = self.last_look.is_none_or(|t| t.elapsed() >= LOOK_EVERY);
+        if look_due {
+            self.last_look = Some(Instant::now());
+        }
+        let installed = ready || (look_due && step(super::claim::schema_version).is_some());
+        if !installed && look_due {
+            // DROP EXTENSION cannot drop a slot: the worker does.
+            if step(wal::slot::exists) {
+                step(wal::slot::drop_all);
+                log!("webhook: dropped the WAL capture's slot and publication (the extension is gone)");
+                *self = WalReader::new();
+                self.last_look = Some(Instant::now());
+            }
+            return false;
+        }
+        if !ready {
+            return false;
+        }
+        let look = match guc::capture() {
+            Capture::Wal => self.look_wal(look_due),
+            Capture::Trigger => self.look_trigger(look_due),
+        };
+        match look {
+            Look::Nothing => false,
+            Look::Read => self.read(),
+        }
+    }
+
+    fn look_wal(&mut self, look_due: bool) -> Look {
+        if !self.ready {
+            if !look_due {
+                return Look::Nothing;
+            }
+            let level: Option<String> =
+                step(|| Ok(Spi::get_one("SELECT current_setting('wal_level')")?));
+            if level.as_deref() != Some("logical") {
+                if !self.warned_wal_level {
+                    warning!(
+                        "webhook: webhook.capture = 'wal' needs wal_level = logical (it is {}); nothing is captured from the WAL until it is set and the server restarted",
+                        level.unwrap_or_default()
+                    );
+                    self.warned_wal_level = true;
+                }
+                return Look::Nothing;
+            }
+            self.prepare_slot();
+            self.ready = true;
+        }
+        if look_due {
+            let read_upto = self.read_upto.unwrap_or(0);
+            step(|| convert_to_wal(read_upto));
+            self.alert_on_lag();
+        }
+        Look::Read
+    }
+
+    fn look_trigger(&mut self, look_due: bool) -> Look {
+        if look_due && !self.draining {
+            self.draining = step(wal::slot::exists);
+            if self.draining {
+                step(convert_to_trigger);
+            }
+        }
+        if !self.draining {
+            return Look::Nothing;
+        }
+        let read_upto = self.read_upto;
+        if look_due && read_upto.is_some_and(|upto| step(|| wal_ranges_done(upto))) {
+            step(|| {
+                Spi::run("UPDATE webhook.subscription SET wal_from = NULL, wal_until = NULL")?;
+                Spi::run("DELETE FROM webhook.capture_state")?;
+                Ok(())
+            });
+            step(wal::slot::drop_all);
+            log!(
+                "webhook: WAL capture's slot read up to where the triggers took over, and dropped"
+            );
+            self.draining = false;
+            return Look::Nothing;
+        }
+        Look::Read
+    }
+
+    /// Create the slot (in a transaction of its own) and remember where it starts; a slot
+    /// remembered but missing was lost (a failover, or invalidated by max_slot_wal_keep_size).
+    fn prepare_slot(&mut self) {
+        // First: pgoutput looks the publication up as of each change it decodes, and fails on
+        // changes made before it existed.
+        step(wal::slot::ensure_publication);
+        let (exists, remembered) = (step(wal::slot::exists), step(wal::slot::remembered));
+        if !exists {
+            step(wal::slot::create);
+            if remembered {
+                warning!(
+                    "webhook: the WAL capture's replication slot {} was gone (a failover to a standby, or invalidated by max_slot_wal_keep_size): changes made while it was missing were not captured; run webhook.sync() for the watched tables to send their rows again",
+                    wal::slot::name()
+                );
+                step(|| {
+                    Spi::connect_mut(|c| {
+                        events::emit(
+                            c,
+                            events::CAPTURE_LAG_RAISED,
+                            serde_json::json!({"lag_bytes": null, "lag_ms": null}),
+                            None,
+                        )
+                    })?;
+                    Ok(())
+                });
+            }
+            step(wal::slot::remember);
+            log!(
+                "webhook: created the WAL capture's replication slot {}",
+                wal::slot::name()
+            );
+        } else if !remembered {
+            step(wal::slot::remember);
+        }
+    }
+
+    /// Read the slot if the WAL moved since it was last read to the end (at most every
+    /// READ_EVERY then); true when there is more to read.
+    fn read(&mut self) -> bool {
+        let lsn = insert_lsn();
+        if self.caught_up_at_lsn == Some(lsn) {
+            shmem::capture_caught_up();
+            return false;
+        }
+        if self.caught_up_at_lsn.is_some()
+            && self.last_read.is_some_and(|t| t.elapsed() < READ_EVERY)
+        {
+            return false;
+        }
+        self.last_read = Some(Instant::now());
+        // SAFETY: reads the WAL flush position from shared memory; no timeline is asked for.
+        let flushed = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
+        let read_upto = self.read_upto;
+        let progress = step(|| wal::step(READ_LIMIT, read_upto));
+        if progress.changes > 0 && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+            // SAFETY: writes one running-transactions WAL record, as the background writer does
+            // every 15 s; the slot's next advance can then move its restart point past it.
+            unsafe { pg_sys::LogStandbySnapshot() };
+            self.last_snapshot = Instant::now();
+        }
+        if progress.caught_up {
+            self.caught_up_at_lsn = Some(lsn);
+            self.read_upto = Some(flushed);
+            shmem::capture_caught_up();
+            false
+        } else {
+            self.caught_up_at_lsn = None;
+            true
+        }
+    }
+
+    /// capture.lag.raised / capture.lag.resolved as the slot's lag crosses the setting.
+    fn alert_on_lag(&mut self) {
+        let Some(state) = step(wal::slot::state) else {
+            return;
+        };
+        let over = state.lag_bytes > guc::capture_lag_alert_bytes();
+        let raised = shmem::capture_lag_raised(None);
+        if over == raised {
+            return;
+        }
+        let event = if over {
+            events::CAPTURE_LAG_RAISED
+        } else {
+            events::CAPTURE_LAG_RESOLVED
+        };
+        let data = serde_json::json!({"lag_bytes": state.lag_bytes, "lag_ms": wal::lag_ms()});
+        step(|| {
+            Spi::connect_mut(|c| events::emit(c, event, data.clone(), None))?;
+            Ok(())
+        });
+        shmem::capture_lag_raised(Some(over));
+        if let Some(status) = state.wal_status.filter(|s| s == "lost") {
+            warning!("webhook: the WAL capture's replication slot is {status}");
+        }
+    }
+}
+
+/// Tables still captured by the trigger `watch` made in trigger mode: move them to the WAL,
+/// unless the slot has not read up to where an earlier switch back to triggers happened.
+fn convert_to_wal(read_upto: u64) -> Result<()> {
+    let relids: Vec<pg_sys::Oid> = Spi::connect(|c| {
+        c.select(
+            "SELECT DISTINCT t.tgrelid AS relid FROM pg_catalog.pg_trigger t
+             WHERE t.tgname = 'webhook_capture'
+               AND t.tgfoid = 'webhook.capture()'::pg_catalog.regprocedure
+               AND NOT EXISTS (SELECT FROM webhook.subscription s
+                               WHERE s.relid::oid = t.tgrelid
+                                 AND s.wal_until > $1::pg_catalog.pg_lsn)",
+            None,
+            &[wal::slot::lsn_text(read_upto).into()],
+        )?
+        .map(|r| crate::error::not_null(&r, "relid"))
+        .collect::<Result<Vec<_>>>()
+    })?;
+    for relid in relids {
+        Spi::connect_mut(|c| attach::sync(c, relid))?;
+        log!(
+            "webhook: table {} is now captured from the WAL",
+            relid.to_u32()
+        );
+    }
+    Ok(())
+}
+
+/// Tables read from the WAL until the restart in trigger mode: give them their trigger back.
+fn convert_to_trigger() -> Result<()> {
+    let relids: Vec<pg_sys::Oid> = Spi::connect(|c| {
+        c.select(
+            "SELECT DISTINCT relid::oid AS relid FROM webhook.subscription
+             WHERE wal_from IS NOT NULL AND wal_until IS NULL",
+            None,
+            &[],
+        )?
+        .map(|r| crate::error::not_null(&r, "relid"))
+        .collect::<Result<Vec<_>>>()
+    })?;
+    for relid in relids {
+        Spi::connect_mut(|c| attach::sync(c, relid))?;
+        log!(
+            "webhook: table {} is captured by its trigger again",
+            relid.to_u32()
+        );
+    }
+    Ok(())
+}
+
+/// Whether the slot has been read past every WAL range (trigger mode: it may go).
+fn wal_ranges_done(read_upto: u64) -> Result<bool> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "SELECT NOT EXISTS (SELECT FROM webhook.subscription s
+                            WHERE s.wal_from IS NOT NULL
+                              AND (s.wal_until IS NULL OR s.wal_until > $1::pg_catalog.pg_lsn))",
+        &[wal::slot::lsn_text(read_upto).into()],
+    )?
+    .unwrap_or(true))
+}
