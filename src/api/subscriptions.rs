@@ -456,6 +456,21 @@ fn check_subscriptions(tables: Option<Vec<Option<pg_sys::Oid>>>) {
                     )));
                 }
             }
+            // WAL capture reads the old row of UPDATEs and DELETEs from the WAL (SPEC §8).
+            let lost_identity = client.select(
+                "SELECT c.oid::regclass::text AS table FROM pg_catalog.pg_class c
+                 WHERE c.oid = ANY ($1) AND c.relreplident <> 'f'
+                   AND EXISTS (SELECT FROM webhook.subscription s
+                               WHERE s.relid::oid = c.oid AND s.wal_from IS NOT NULL AND s.wal_until IS NULL)",
+                None,
+                &[tables.clone().into()],
+            )?;
+            if let Some(row) = lost_identity.into_iter().next() {
+                let table: String = not_null(&row, "table")?;
+                return Err(WebhookError::InUse(format!(
+                    "cannot change the replica identity of table {table}: it is captured from the WAL (webhook.capture = 'wal'), which needs REPLICA IDENTITY FULL to send the old row of updates and deletes; unwatch it first"
+                )));
+            }
             // Hand-attached capture() triggers send to endpoints without a subscription with the
             // default options, which need the primary key.
             let triggers = client.select(

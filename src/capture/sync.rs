@@ -215,7 +215,9 @@ fn fail(run: i64, error: &str) -> Result<()> {
 
 /// Run `f` in a subtransaction: an error it raises rolls back what it did and comes back as its
 /// message, as PL/pgSQL's EXCEPTION blocks do, instead of ending the worker.
-fn in_subtransaction<R>(f: impl FnOnce() -> Result<R>) -> std::result::Result<R, String> {
+pub(crate) fn in_subtransaction<R>(
+    f: impl FnOnce() -> Result<R>,
+) -> std::result::Result<R, String> {
     // SAFETY: the memory context and resource owner current before the subtransaction, restored
     // after it ends either way (as PL/pgSQL does around an exception block).
     let (context, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };

@@ -309,10 +309,59 @@ pub struct Progress {
     pub caught_up: bool,
 }
 
+/// Messages fetched from the slot at a time (and queued in one subtransaction).
+const FETCH: i64 = 1000;
+
 /// The transaction being read.
 struct Txn {
     skip: bool,
-    occurred_at: String,
+    occurred_at: Rc<str>,
+}
+
+/// A change to queue: the `row`-th message of a fetch.
+struct Work {
+    plan: Rc<WalPlan>,
+    row: usize,
+    lsn: u64,
+    occurred_at: Rc<str>,
+}
+
+fn parse(data: &[u8]) -> Result<Message<'_>> {
+    pgoutput::parse(data).map_err(|e| WebhookError::Internal(format!("WAL capture: {e}")))
+}
+
+/// Queue the changes of one fetch in a subtransaction; if that fails, queue them one by one,
+/// each in a subtransaction of its own, and skip (with a WARNING naming it) any that fails,
+/// as the trigger would have failed the write that made it. True when a worker needs waking.
+fn queue_all(work: &[Work], rows: &[(i64, Vec<u8>)], memory: &Memory) -> Result<bool> {
+    let one = |w: &Work| -> Result<bool> {
+        let message = parse(&rows[w.row].1)?;
+        let wake = memory.run(|| apply(&w.plan, &message, w.lsn, &w.occurred_at));
+        memory.reset();
+        Ok(wake)
+    };
+    let all = super::sync::in_subtransaction(|| {
+        work.iter().try_fold(false, |wake, w| Ok(one(w)? || wake))
+    });
+    if let Ok(wake) = all {
+        return Ok(wake);
+    }
+    memory.reset();
+    let mut wake = false;
+    for w in work {
+        match super::sync::in_subtransaction(|| one(w)) {
+            Ok(woke) => wake |= woke,
+            Err(e) => {
+                memory.reset();
+                warning!(
+                    "webhook: the change of table {} at WAL position {} could not be captured and is not sent: {e}",
+                    w.plan.plan.table.qualified_name,
+                    slot::lsn_text(w.lsn)
+                );
+            }
+        }
+    }
+    Ok(wake)
 }
 
 /// Read up to about `limit` messages from the slot and queue their changes, in the caller's
@@ -342,7 +391,7 @@ pub fn step(limit: i64, read_upto: Option<u64>) -> Result<Progress> {
         let mut cursor = client.open_cursor(slot::PEEK_SQL, &[slot.as_str().into(), limit.into()]);
         loop {
             let rows: Vec<(i64, Vec<u8>)> = cursor
-                .fetch(1000)?
+                .fetch(FETCH)?
                 .map(|r| {
                     Ok((
                         crate::error::not_null::<i64>(&r, "lsn")?,
@@ -354,23 +403,24 @@ pub fn step(limit: i64, read_upto: Option<u64>) -> Result<Progress> {
                 break;
             }
             messages += rows.len();
-            for (lsn, data) in &rows {
-                let message = pgoutput::parse(data)
-                    .map_err(|e| WebhookError::Internal(format!("WAL capture: {e}")))?;
-                match &message {
+            // First what to queue, then queue it: a change that cannot be queued (its
+            // predicate raises an error, say) must not stop capture at that LSN for good.
+            let mut work: Vec<Work> = Vec::new();
+            for (row, (lsn, data)) in rows.iter().enumerate() {
+                match parse(data)? {
                     Message::Begin {
                         final_lsn,
                         commit_time,
                         ..
                     } => {
                         txn = Some(Txn {
-                            skip: *final_lsn < applied,
-                            occurred_at: super::rfc3339(*commit_time),
+                            skip: final_lsn < applied,
+                            occurred_at: super::rfc3339(commit_time).into(),
                         });
                     }
                     Message::Commit { end_lsn, .. } => {
                         if txn.take().is_some_and(|t| !t.skip) {
-                            last_end = last_end.max(*end_lsn);
+                            last_end = last_end.max(end_lsn);
                         }
                     }
                     Message::Relation {
@@ -380,8 +430,7 @@ pub fn step(limit: i64, read_upto: Option<u64>) -> Result<Progress> {
                         columns,
                         ..
                     } => {
-                        relations
-                            .insert(*relid, (namespace.clone(), name.clone(), columns.clone()));
+                        relations.insert(relid, (namespace, name, columns));
                     }
                     Message::Insert { relid, .. }
                     | Message::Update { relid, .. }
@@ -390,21 +439,24 @@ pub fn step(limit: i64, read_upto: Option<u64>) -> Result<Progress> {
                         let Some(t) = txn.as_ref().filter(|t| !t.skip) else {
                             continue;
                         };
-                        let Some((namespace, name, columns)) = relations.get(relid) else {
+                        let Some((namespace, name, columns)) = relations.get(&relid) else {
                             return Err(WebhookError::Internal(format!(
                                 "WAL capture: a change of relation {relid} came before its description"
                             )));
                         };
-                        let Some(plan) = plan_for(*relid, namespace, name, columns)? else {
-                            continue;
-                        };
-                        let lsn = *lsn as u64;
-                        wake |= memory.run(|| apply(&plan, &message, lsn, &t.occurred_at));
-                        memory.reset();
+                        if let Some(plan) = plan_for(relid, namespace, name, columns)? {
+                            work.push(Work {
+                                plan,
+                                row,
+                                lsn: *lsn as u64,
+                                occurred_at: t.occurred_at.clone(),
+                            });
+                        }
                     }
                     Message::Other(_) => {}
                 }
             }
+            wake |= queue_all(&work, &rows, &memory)?;
         }
         Ok::<_, WebhookError>(())
     })?;
