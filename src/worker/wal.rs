@@ -5,7 +5,7 @@
 
 use super::step;
 use crate::capture::{attach, wal};
-use crate::error::Result;
+use crate::error::{not_null, Result};
 use crate::events;
 use crate::guc::{self, Capture};
 use crate::shmem;
@@ -252,48 +252,38 @@ impl WalReader {
 /// Tables still captured by the trigger `watch` made in trigger mode: move them to the WAL,
 /// unless the slot has not read up to where an earlier switch back to triggers happened.
 fn convert_to_wal(read_upto: u64) -> Result<()> {
-    let relids: Vec<pg_sys::Oid> = Spi::connect(|c| {
-        c.select(
-            "SELECT DISTINCT t.tgrelid AS relid FROM pg_catalog.pg_trigger t
-             WHERE t.tgname = 'webhook_capture'
-               AND t.tgfoid = 'webhook.capture()'::pg_catalog.regprocedure
-               AND NOT EXISTS (SELECT FROM webhook.subscription s
-                               WHERE s.relid::oid = t.tgrelid
-                                 AND s.wal_until > $1::pg_catalog.pg_lsn)",
-            None,
-            &[wal::slot::lsn_text(read_upto).into()],
-        )?
-        .map(|r| crate::error::not_null(&r, "relid"))
-        .collect::<Result<Vec<_>>>()
-    })?;
-    for relid in relids {
-        Spi::connect_mut(|c| attach::sync(c, relid))?;
-        log!(
-            "webhook: table {} is now captured from the WAL",
-            relid.to_u32()
-        );
-    }
-    Ok(())
+    convert(
+        "SELECT DISTINCT t.tgrelid AS relid, t.tgrelid::regclass::text AS name
+         FROM pg_catalog.pg_trigger t
+         WHERE t.tgname = 'webhook_capture'
+           AND t.tgfoid = 'webhook.capture()'::pg_catalog.regprocedure
+           AND NOT EXISTS (SELECT FROM webhook.subscription s
+                           WHERE s.relid::oid = t.tgrelid AND s.wal_until > $1::pg_catalog.pg_lsn)",
+        read_upto,
+        "is now captured from the WAL",
+    )
 }
 
 /// Tables read from the WAL until the restart in trigger mode: give them their trigger back.
 fn convert_to_trigger() -> Result<()> {
-    let relids: Vec<pg_sys::Oid> = Spi::connect(|c| {
-        c.select(
-            "SELECT DISTINCT relid::oid AS relid FROM webhook.subscription
-             WHERE wal_from IS NOT NULL AND wal_until IS NULL",
-            None,
-            &[],
-        )?
-        .map(|r| crate::error::not_null(&r, "relid"))
-        .collect::<Result<Vec<_>>>()
+    convert(
+        "SELECT DISTINCT relid::oid AS relid, relid::text AS name FROM webhook.subscription
+         WHERE wal_from IS NOT NULL AND wal_until IS NULL AND $1::pg_catalog.pg_lsn IS NOT NULL",
+        0,
+        "is captured by its trigger again",
+    )
+}
+
+/// Bring the capture of each table `sql` lists (relid, name; $1: an LSN) in line with the mode.
+fn convert(sql: &str, lsn: u64, what: &str) -> Result<()> {
+    let tables: Vec<(pg_sys::Oid, String)> = Spi::connect(|c| {
+        c.select(sql, None, &[wal::slot::lsn_text(lsn).into()])?
+            .map(|r| Ok((not_null(&r, "relid")?, not_null(&r, "name")?)))
+            .collect::<Result<Vec<_>>>()
     })?;
-    for relid in relids {
+    for (relid, name) in tables {
         Spi::connect_mut(|c| attach::sync(c, relid))?;
-        log!(
-            "webhook: table {} is captured by its trigger again",
-            relid.to_u32()
-        );
+        log!("webhook: table {name} {what}");
     }
     Ok(())
 }
