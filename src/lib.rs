@@ -24,6 +24,7 @@ mod log;
 mod message;
 mod network;
 mod schedule;
+mod schema;
 mod shmem;
 mod sign;
 mod subscription;

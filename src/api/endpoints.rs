@@ -25,21 +25,6 @@ fn invalidate_endpoint_caches(client: &SpiClient) -> Result<()> {
     Ok(())
 }
 
-/// Whether webhook.endpoint has batch_size: not until `ALTER EXTENSION webhook UPDATE` to 0.3.0,
-/// while the old SQL definitions call in through api::compat.
-fn has_batch_size(client: &SpiClient) -> Result<bool> {
-    Ok(client
-        .select(
-            "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'webhook.endpoint'::regclass
-                            AND attname = 'batch_size' AND NOT attisdropped)",
-            None,
-            &[],
-        )?
-        .first()
-        .get_one::<bool>()?
-        .unwrap_or(false))
-}
-
 /// Register a destination; returns its signing secret (the one given, or a new one), which is
 /// shown only this once. (`_0_3`: the C symbol of this signature; see api::compat.)
 #[pg_extern(name = "create_endpoint", security_definer, volatile)]
@@ -72,7 +57,7 @@ pub(super) fn create_endpoint_0_3(
             if endpoint_id(client, &name).is_ok() {
                 return Err(WebhookError::DuplicateEndpoint(name.clone()));
             }
-            let insert = if has_batch_size(client)? {
+            let insert = if !crate::schema::installed_before_0_3()? {
                 "INSERT INTO webhook.endpoint (name, url, method, headers, description, format, secret,
                                                batch_size)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -129,7 +114,7 @@ pub(super) fn alter_endpoint_0_3(
         let format = format.map(Format::parse).transpose()?;
         Spi::connect_mut(|client| -> Result<()> {
             let id = endpoint_id(client, name)?;
-            let batch_sizes = has_batch_size(client)?;
+            let batch_sizes = !crate::schema::installed_before_0_3()?;
             let (current, current_batch) = client
                 .update(
                     if batch_sizes {

@@ -344,7 +344,7 @@ fn watch(
     };
     let run = || -> Result<i64> {
         let (_, version) = crate::capture::extension()?;
-        watch_with(args, matches!(version.as_str(), "0.1.0" | "0.2.0"))
+        watch_with(args, crate::schema::before_0_3(&version))
     };
     run().or_raise()
 }
@@ -376,6 +376,25 @@ fn unwatch(tbl: Option<PgRelation>, endpoint: Option<&str>) {
         })
     };
     run().or_raise()
+}
+
+/// The DDL guard's part for WAL capture: tables captured from the WAL keep REPLICA IDENTITY FULL.
+fn require_full_identity(client: &SpiClient, tables: &[pg_sys::Oid]) -> Result<()> {
+    let lost_identity = client.select(
+        "SELECT c.oid::regclass::text AS table FROM pg_catalog.pg_class c
+         WHERE c.oid = ANY ($1) AND c.relreplident <> 'f'
+           AND EXISTS (SELECT FROM webhook.subscription s
+                       WHERE s.relid::oid = c.oid AND s.wal_from IS NOT NULL AND s.wal_until IS NULL)",
+        None,
+        &[tables.to_vec().into()],
+    )?;
+    if let Some(row) = lost_identity.into_iter().next() {
+        let table: String = not_null(&row, "table")?;
+        return Err(WebhookError::InUse(format!(
+            "cannot change the replica identity of table {table}: it is captured from the WAL (webhook.capture = 'wal'), which needs REPLICA IDENTITY FULL to send the old row of updates and deletes; unwatch it first"
+        )));
+    }
+    Ok(())
 }
 
 /// The DDL guard (SPEC §5), called by the event triggers at the end of ALTER TABLE and when
@@ -457,19 +476,8 @@ fn check_subscriptions(tables: Option<Vec<Option<pg_sys::Oid>>>) {
                 }
             }
             // WAL capture reads the old row of UPDATEs and DELETEs from the WAL (SPEC §8).
-            let lost_identity = client.select(
-                "SELECT c.oid::regclass::text AS table FROM pg_catalog.pg_class c
-                 WHERE c.oid = ANY ($1) AND c.relreplident <> 'f'
-                   AND EXISTS (SELECT FROM webhook.subscription s
-                               WHERE s.relid::oid = c.oid AND s.wal_from IS NOT NULL AND s.wal_until IS NULL)",
-                None,
-                &[tables.clone().into()],
-            )?;
-            if let Some(row) = lost_identity.into_iter().next() {
-                let table: String = not_null(&row, "table")?;
-                return Err(WebhookError::InUse(format!(
-                    "cannot change the replica identity of table {table}: it is captured from the WAL (webhook.capture = 'wal'), which needs REPLICA IDENTITY FULL to send the old row of updates and deletes; unwatch it first"
-                )));
+            if crate::schema::has_wal_ranges()? {
+                require_full_identity(client, &tables)?;
             }
             // Hand-attached capture() triggers send to endpoints without a subscription with the
             // default options, which need the primary key.

@@ -99,7 +99,11 @@ fn by_trigger(
         &[],
     )?;
     // Subscriptions that were read from the WAL until now: the trigger takes over from here
-    // (the worker reads the slot up to this point, then drops it).
+    // (the worker reads the slot up to this point, then drops it). Schemas before 0.3.0 had
+    // no WAL capture.
+    if !crate::schema::has_wal_ranges()? {
+        return Ok(());
+    }
     client.update(
         "UPDATE webhook.subscription SET wal_until = pg_current_wal_insert_lsn()
          WHERE relid::oid = $1 AND wal_from IS NOT NULL AND wal_until IS NULL",

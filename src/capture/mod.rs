@@ -76,12 +76,11 @@ thread_local! {
 /// and `ALTER EXTENSION webhook UPDATE` this library runs against the older schema: capture
 /// keeps working there, with the options that schema can hold.
 fn filter_columns(schema_version: &str) -> &'static str {
-    match schema_version {
-        "0.1.0" | "0.2.0" => {
-            "NULL::pg_catalog.text AS behavior, NULL::pg_catalog.text[] AS changed,
-             NULL::pg_catalog.text AS predicate_node, 'none'::pg_catalog.text AS ordering"
-        }
-        _ => "s.behavior, s.changed, s.predicate_node, e.ordering",
+    if crate::schema::before_0_3(schema_version) {
+        "NULL::pg_catalog.text AS behavior, NULL::pg_catalog.text[] AS changed,
+         NULL::pg_catalog.text AS predicate_node, 'none'::pg_catalog.text AS ordering"
+    } else {
+        "s.behavior, s.changed, s.predicate_node, e.ordering"
     }
 }
 
