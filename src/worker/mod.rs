@@ -44,6 +44,7 @@ const SYNC_LOOK_EVERY: Duration = Duration::from_secs(1);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 pub fn register() {
+    wal::register();
     for slot in 0..guc::workers() {
         BackgroundWorkerBuilder::new(&format!("webhook delivery worker {slot}"))
             .set_type("webhook delivery worker")
@@ -180,8 +181,6 @@ struct Loop {
     last_sync_look: Instant,
     cursors: claim::Cursors,
     last_rescan: Instant,
-    /// The first worker's WAL capture (SPEC §8).
-    wal: wal::WalReader,
 }
 
 impl Loop {
@@ -199,7 +198,6 @@ impl Loop {
             last_sync_look: Instant::now(),
             cursors: claim::Cursors::default(),
             last_rescan: Instant::now(),
-            wal: wal::WalReader::new(),
         }
     }
 
@@ -329,15 +327,6 @@ impl Loop {
         reading
     }
 
-    /// The first worker reads committed changes from the WAL between its claims (SPEC §8);
-    /// true while there is more to read now.
-    fn read_wal(&mut self) -> bool {
-        if self.slot != 0 {
-            return false;
-        }
-        self.wal.turn(self.ready)
-    }
-
     /// Record what finishes within the grace period; the rest is resent after its lease.
     fn shut_down(self) {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
@@ -374,9 +363,6 @@ pub extern "C-unwind" fn webhook_worker_main(arg: pg_sys::Datum) {
         worker.collect_outcomes(&settings);
         let mut sleep = worker.claim_and_send(&settings);
         if worker.read_sync_runs() {
-            sleep = Duration::ZERO;
-        }
-        if worker.read_wal() {
             sleep = Duration::ZERO;
         }
         shmem::worker_looped(worker.total_in_flight());

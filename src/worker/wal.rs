@@ -1,16 +1,84 @@
-//! The first worker's share of WAL capture (SPEC §8): keep the slot and publication, move
-//! tables between the capture modes after a restart, read the slot between claims, and raise
-//! or resolve the lag alert. In trigger mode it only finishes what WAL mode left (reads the
-//! slot up to where the triggers took over, then drops it).
+//! The capture worker (WAL capture, SPEC §8), a process of its own beside the delivery
+//! workers, so that reading the WAL and sending run on separate cores: it keeps the slot and
+//! publication, moves tables between the capture modes after a restart, reads the slot and
+//! queues the changes, and raises or resolves the lag alert. In trigger mode it only finishes
+//! what WAL mode left (reads the slot up to where the triggers took over, then drops it) and
+//! exits. An error ends it; PostgreSQL starts it again a second later.
 
-use super::step;
 use crate::capture::{attach, wal};
-use crate::error::{not_null, Result};
+use crate::error::{not_null, OrRaise, Result};
 use crate::events;
 use crate::guc::{self, Capture};
 use crate::shmem;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
+
+/// How long the worker sleeps when the WAL has not moved (and how late it sees a commit).
+const IDLE_POLL: Duration = Duration::from_millis(5);
+
+pub fn register() {
+    BackgroundWorkerBuilder::new("webhook capture worker")
+        .set_type("webhook capture worker")
+        .set_function("webhook_capture_main")
+        .set_library("webhook")
+        .enable_spi_access()
+        .set_start_time(pgrx::bgworkers::BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(1)))
+        .load();
+}
+
+/// One step in its own transaction; an error ends the worker (so nothing half-updated is
+/// seen again: the closure's captures may be unwind-unsafe).
+fn step<R>(f: impl FnOnce() -> Result<R>) -> R {
+    let f = std::panic::AssertUnwindSafe(f);
+    BackgroundWorker::transaction(move || {
+        let f = f;
+        (f.0)().or_raise()
+    })
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn webhook_capture_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = guc::database();
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    if guc::capture() == Capture::Wal {
+        log!("webhook capture worker started in database \"{database}\"");
+    }
+    let mut reader = WalReader::new();
+    let mut version_ok = false;
+    while !super::shutdown_requested() {
+        super::reload_config_if_asked();
+        if !version_ok {
+            version_ok = step(super::claim::schema_version).as_deref() == Some(super::VERSION);
+        }
+        let busy = reader.turn(version_ok);
+        if guc::capture() == Capture::Trigger && reader.finished() {
+            break;
+        }
+        if !busy {
+            // SAFETY: MyLatch is this process's own latch, set by PostgreSQL before any
+            // extension code runs.
+            unsafe {
+                pg_sys::WaitLatch(
+                    pg_sys::MyLatch,
+                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
+                        as i32,
+                    if version_ok {
+                        IDLE_POLL.as_millis() as i64
+                    } else {
+                        1000
+                    },
+                    pg_sys::PG_WAIT_EXTENSION,
+                );
+                pg_sys::ResetLatch(pg_sys::MyLatch);
+            }
+        }
+        pgrx::check_for_interrupts!();
+    }
+}
 
 /// Messages read from the slot per transaction (whole transactions: a large one is read whole).
 const READ_LIMIT: i64 = 5_000;
@@ -63,6 +131,11 @@ impl WalReader {
             last_snapshot: Instant::now(),
             last_look: None,
         }
+    }
+
+    /// Trigger mode: nothing (left) to read.
+    fn finished(&self) -> bool {
+        self.last_look.is_some() && !self.draining
     }
 
     /// One turn of the loop; true while there is more to read now (no sleeping). `ready`: the
