@@ -15,7 +15,7 @@ use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
 /// How long the worker sleeps when the WAL has not moved (and how late it sees a commit).
-const IDLE_POLL: Duration = Duration::from_millis(5);
+const IDLE_POLL: Duration = Duration::from_millis(10);
 
 pub fn register() {
     BackgroundWorkerBuilder::new("webhook capture worker")
