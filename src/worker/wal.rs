@@ -14,6 +14,9 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
+/// The capture worker's nice value: when the CPUs are saturated, the writers whose changes it
+/// reads go first, and it catches up when they ease (the lag shows in webhook.capture_lag).
+const NICE: i32 = 10;
 /// How long the worker sleeps when the WAL has not moved (and how late it sees a commit).
 const IDLE_POLL: Duration = Duration::from_millis(10);
 
@@ -44,6 +47,9 @@ pub extern "C-unwind" fn webhook_capture_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = guc::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // SAFETY: lowers this process's own scheduling priority; no memory is touched. A failure
+    // (not permitted) leaves the priority as it was, which is harmless.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) };
     if guc::capture() == Capture::Wal {
         log!("webhook capture worker started in database \"{database}\"");
     }
