@@ -1,4 +1,4 @@
-//! WAL capture (SPEC §8): the first worker reads committed changes back from a logical
+//! WAL capture (SPEC §8): the capture worker reads committed changes back from a logical
 //! replication slot (the built-in `pgoutput` plugin) and queues them through the same code as
 //! the capture trigger (`super::queue_change`), so both modes send the same payloads.
 //!
@@ -293,7 +293,7 @@ impl WalPlan {
     }
 }
 
-/// How long since the first worker last read the WAL up to its end; None when it has not since
+/// How long since the capture worker last read the WAL up to its end; None when it has not since
 /// the server started.
 pub fn lag_ms() -> Option<i64> {
     // SAFETY: reads the system clock.

@@ -1,5 +1,5 @@
 //! The replication slot and publication WAL capture reads through, and the position it has
-//! queued up to (`webhook.capture_state`). Run by the first worker only.
+//! queued up to (`webhook.capture_state`). Run by the capture worker only.
 
 use crate::error::{Result, WebhookError};
 use pgrx::prelude::*;
