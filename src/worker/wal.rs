@@ -280,6 +280,11 @@ impl WalReader {
             return false;
         }
         self.last_read = Some(Instant::now());
+        // Logical decoding reads only flushed WAL. Commits made with synchronous_commit = off
+        // wait for the WAL writer (up to wal_writer_delay, 200 ms by default): flush them now.
+        // SAFETY: flushes the WAL up to a position already inserted (XLogFlush waits for
+        // insertions in progress below it), as any committing backend does.
+        unsafe { pg_sys::XLogFlush(lsn) };
         // SAFETY: reads the WAL flush position from shared memory; no timeline is asked for.
         let flushed = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
         let read_upto = self.read_upto;
