@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// reads go first, and it catches up when they ease (the lag shows in webhook.capture_lag).
 const NICE: i32 = 10;
 /// How long the worker sleeps when the WAL has not moved (and how late it sees a commit).
-const IDLE_POLL: Duration = Duration::from_millis(10);
+const IDLE_POLL: Duration = Duration::from_millis(5);
 
 pub fn register() {
     BackgroundWorkerBuilder::new("webhook capture worker")
@@ -94,6 +94,8 @@ const READ_EVERY: Duration = Duration::from_millis(5);
 /// How often a running-transactions record is written while changes flow, so that the slot's
 /// restart point (and what each read decodes again) keeps up.
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(200);
+/// How often the slot is moved up to what is queued (each move decodes from its restart point).
+const ADVANCE_EVERY: Duration = Duration::from_millis(100);
 /// How often the slot, the modes of the tables and the lag alert are looked at.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
@@ -109,6 +111,7 @@ pub struct WalReader {
     /// that committed before it is queued (or skipped as not watched).
     read_upto: Option<u64>,
     last_read: Option<Instant>,
+    last_advance: Option<Instant>,
     last_snapshot: Instant,
     last_look: Option<Instant>,
 }
@@ -134,6 +137,7 @@ impl WalReader {
             caught_up_at_lsn: None,
             read_upto: None,
             last_read: None,
+            last_advance: None,
             last_snapshot: Instant::now(),
             last_look: None,
         }
@@ -288,7 +292,13 @@ impl WalReader {
         // SAFETY: reads the WAL flush position from shared memory; no timeline is asked for.
         let flushed = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
         let read_upto = self.read_upto;
-        let progress = step(|| wal::step(READ_LIMIT, read_upto));
+        let advance = self
+            .last_advance
+            .is_none_or(|t| t.elapsed() >= ADVANCE_EVERY);
+        if advance {
+            self.last_advance = Some(Instant::now());
+        }
+        let progress = step(|| wal::step(READ_LIMIT, read_upto, advance));
         if progress.changes > 0 && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
             // SAFETY: writes one running-transactions WAL record, as the background writer does
             // every 15 s; the slot's next advance can then move its restart point past it.

@@ -365,9 +365,11 @@ fn queue_all(work: &[Work], rows: &[(i64, Vec<u8>)], memory: &Memory) -> Result<
 }
 
 /// Read up to about `limit` messages from the slot and queue their changes, in the caller's
-/// transaction. The slot is first moved to what is committed: the end of the last transaction
-/// queued, or `read_upto`, a position an earlier (committed) step read the WAL up to.
-pub fn step(limit: i64, read_upto: Option<u64>) -> Result<Progress> {
+/// transaction. With `advance`, the slot is first moved to what is committed: the end of the
+/// last transaction queued, or `read_upto`, a position an earlier (committed) step read the
+/// WAL up to. (Advancing decodes too; without it, transactions already queued are read again
+/// and skipped.)
+pub fn step(limit: i64, read_upto: Option<u64>, advance: bool) -> Result<Progress> {
     let slot = slot::name();
     // PostgreSQL logs each start of logical decoding (every read and advance) at LOG.
     Spi::connect(|c| {
@@ -379,7 +381,9 @@ pub fn step(limit: i64, read_upto: Option<u64>) -> Result<Progress> {
         Ok::<_, WebhookError>(())
     })?;
     let applied = slot::applied_lsn(&slot)?;
-    slot::advance(&slot, applied.max(read_upto.unwrap_or(0)))?;
+    if advance {
+        slot::advance(&slot, applied.max(read_upto.unwrap_or(0)))?;
+    }
     let memory = Memory::new(c"webhook wal change");
     let mut relations: HashMap<u32, (String, String, Vec<Column>)> = HashMap::new();
     let mut txn: Option<Txn> = None;
