@@ -318,17 +318,20 @@ def test_capture_lag_events_raise_once_and_resolve_once(cluster, db, receiver, n
 
 
 def test_starting_logical_decoding_does_not_flood_the_server_log(cluster, db, receiver, name):
-    """Each read of the slot starts logical decoding, which PostgreSQL logs at LOG with a DETAIL:
-    100 commits must not write a hundred such pairs into the server log."""
+    """Each read of the slot (and each move of it) starts logical decoding, which PostgreSQL logs
+    at LOG with a DETAIL: 100 commits, each read on its own (the next one waits until it is
+    queued), must not write a hundred such pairs into the server log."""
     watched(db, receiver, name)
+    db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (name,))
     settle(db)
     before = cluster.log_text().count("starting logical decoding for slot")
     for i in range(100):
         db.execute(f"INSERT INTO {name} VALUES (%s, 'x')", (i,))
-    wait_until(lambda: one(db, "SELECT count(*) FROM webhook.deliveries WHERE endpoint = %s", name) == 100,
-               10, "the 100 changes to be queued")
+        wait_until(lambda: one(db, "SELECT count(*) FROM webhook.deliveries WHERE endpoint = %s", name) == i + 1,
+                   10, f"change {i} to be queued", poll=0.002)
     logged = cluster.log_text().count("starting logical decoding for slot") - before
     assert logged < 5, f"{logged} 'starting logical decoding' lines for 100 commits"
+    db.execute("SELECT webhook.drop_endpoint(%s)", (name,))
 
 
 # --- faults, lifecycle and mode switches (clusters of their own) -------------------------------
