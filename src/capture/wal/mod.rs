@@ -60,11 +60,87 @@ struct Input {
     type_modifier: i32,
 }
 
+/// `pg_attribute.attgenerated` of a stored generated column.
+const GENERATED_STORED: u8 = b's';
+
+/// The stored generated columns of a table, computed for each change from the columns it has,
+/// as the executor computed them when the row was written (their expressions are immutable).
+struct Generated {
+    /// The plan's descriptor's slot, the expressions' input.
+    slot: *mut pg_sys::TupleTableSlot,
+    econtext: *mut pg_sys::ExprContext,
+    /// Each generated column's position in the descriptor and its compiled expression.
+    columns: Vec<(usize, *mut pg_sys::ExprState)>,
+}
+
+impl Generated {
+    /// # Safety
+    /// `desc` must be the plan's descriptor, with the table's attribute numbers for the
+    /// columns the expressions read; `exprs` are the columns' generation expressions. Call
+    /// with the plan's memory context current: everything built here lives in it.
+    unsafe fn new(desc: pg_sys::TupleDesc, exprs: &[(usize, *mut pg_sys::Node)]) -> Generated {
+        // SAFETY: a standalone slot and expression context in the current (plan's) memory;
+        // the expressions are planned and compiled there too, reading the slot as their scan
+        // tuple (a Var whose type does not match the slot's column raises an ERROR).
+        unsafe {
+            Generated {
+                slot: pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsHeapTuple),
+                econtext: pg_sys::CreateStandaloneExprContext(),
+                columns: exprs
+                    .iter()
+                    .map(|&(position, expr)| {
+                        let planned = pg_sys::expression_planner(expr.cast());
+                        (
+                            position,
+                            pg_sys::ExecInitExpr(planned, std::ptr::null_mut()),
+                        )
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    /// Fill in the generated columns of `tuple` (whose datums and nulls are given).
+    ///
+    /// # Safety
+    /// `tuple` must be formed from `desc`, the descriptor `self` was built for.
+    unsafe fn compute(
+        &self,
+        desc: pg_sys::TupleDesc,
+        tuple: pg_sys::HeapTuple,
+        datums: &mut [pg_sys::Datum],
+        nulls: &mut [bool],
+    ) -> pg_sys::HeapTuple {
+        // SAFETY: the slot and context are the plan's; each expression is evaluated in the
+        // context's per-tuple memory, and its results are copied into the new tuple before
+        // that memory is reset. The slot does not own `tuple` and lets go of it at the end.
+        unsafe {
+            pg_sys::ExecStoreHeapTuple(tuple, self.slot, false);
+            (*self.econtext).ecxt_scantuple = self.slot;
+            for &(position, state) in &self.columns {
+                let Some(eval) = (*state).evalfunc else {
+                    continue;
+                };
+                let old = pg_sys::MemoryContextSwitchTo((*self.econtext).ecxt_per_tuple_memory);
+                let mut isnull = false;
+                datums[position] = eval(state, self.econtext, &mut isnull);
+                pg_sys::MemoryContextSwitchTo(old);
+                nulls[position] = isnull;
+            }
+            let computed = pg_sys::heap_form_tuple(desc, datums.as_mut_ptr(), nulls.as_mut_ptr());
+            pg_sys::ExecClearTuple(self.slot);
+            pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+            computed
+        }
+    }
+}
+
 struct WalPlan {
     plan: Plan,
     desc: pg_sys::TupleDesc,
     natts: usize,
     inputs: Vec<Input>,
+    generated: Option<Generated>,
     /// Owns `desc` and the input functions' state.
     _memory: Memory,
 }
@@ -76,24 +152,28 @@ const SUBSCRIPTIONS_SQL: &str = "SELECT e.name,
     WHERE s.relid::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND s.wal_from IS NOT NULL
     ORDER BY e.name";
 
-/// A trigger calling `webhook.capture()` that `watch` did not make: it captures the table
-/// itself, so the WAL path leaves the table alone (never twice).
-const HAND_ATTACHED_SQL: &str = "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger t
+/// The arguments (endpoint names, each NUL-terminated) of the enabled triggers calling
+/// `webhook.capture()` that `watch` did not make: those endpoints get the table's changes from
+/// the trigger, so the WAL path leaves them out (never twice).
+const HAND_ATTACHED_SQL: &str = "SELECT t.tgargs FROM pg_catalog.pg_trigger t
     WHERE t.tgrelid OPERATOR(pg_catalog.=) $1
       AND t.tgfoid OPERATOR(pg_catalog.=) 'webhook.capture()'::pg_catalog.regprocedure
-      AND t.tgname OPERATOR(pg_catalog.<>) 'webhook_capture')";
+      AND t.tgname OPERATOR(pg_catalog.<>) 'webhook_capture'
+      AND t.tgenabled OPERATOR(pg_catalog.<>) 'D'";
 
 /// The descriptor a change's columns are rendered with: the table's current attribute numbers
-/// for columns that still exist with the same name and type, dropped placeholders for current
-/// columns the change did not have, and the change's other columns after them. Returns the
-/// descriptor and each change column's position.
+/// for columns that still exist with the same name and type, the table's stored generated
+/// columns (pgoutput does not send them: they are computed, see `Generated`), dropped
+/// placeholders for other current columns the change did not have, and the change's other
+/// columns after them. Returns the descriptor, each change column's position and the
+/// positions of the generated columns.
 ///
 /// # Safety
 /// `current` must be a valid descriptor; call with the plan's memory context current.
 unsafe fn change_desc(
     current: pg_sys::TupleDesc,
     columns: &[Column],
-) -> (pg_sys::TupleDesc, Vec<usize>) {
+) -> (pg_sys::TupleDesc, Vec<usize>, Vec<usize>) {
     // SAFETY: the caller guarantees `current` is valid; its attribute array holds natts entries.
     let attrs = unsafe { (*current).attrs.as_slice((*current).natts as usize) };
     let mut positions = Vec::with_capacity(columns.len());
@@ -115,6 +195,7 @@ unsafe fn change_desc(
     let natts = attrs.len() + extra;
     // SAFETY: a new descriptor of natts attributes, each initialised below exactly once.
     let desc = unsafe { pg_sys::CreateTemplateTupleDesc(natts as i32) };
+    let mut generated = Vec::new();
     for position in 0..natts {
         let attno = (position + 1) as i16;
         match positions.iter().position(|&p| p == position) {
@@ -134,6 +215,26 @@ unsafe fn change_desc(
                     )
                 };
             }
+            None if attrs
+                .get(position)
+                .is_some_and(|a| !a.attisdropped && a.attgenerated as u8 == GENERATED_STORED) =>
+            {
+                let a = &attrs[position];
+                generated.push(position);
+                // SAFETY: attno is within the descriptor; name, type, modifier and collation
+                // are the current table's own column's.
+                unsafe {
+                    pg_sys::TupleDescInitEntry(
+                        desc,
+                        attno,
+                        a.attname.data.as_ptr(),
+                        a.atttypid,
+                        a.atttypmod,
+                        0,
+                    );
+                    pg_sys::TupleDescInitEntryCollation(desc, attno, a.attcollation);
+                }
+            }
             None => {
                 // SAFETY: as above, with a built-in type; the attribute is then marked dropped,
                 // so `to_jsonb` skips it and every tuple holds NULL there.
@@ -151,7 +252,7 @@ unsafe fn change_desc(
             }
         }
     }
-    (desc, positions)
+    (desc, positions, generated)
 }
 
 /// The plan for a relation's changes made with `columns`; None when nothing is captured.
@@ -170,9 +271,12 @@ fn plan_for(relid: u32, namespace: &str, name: &str, columns: &[Column]) -> Resu
 
 fn build(relid: pg_sys::Oid, namespace: &str, name: &str, columns: &[Column]) -> Result<Cached> {
     super::register_invalidation_callback();
-    let (subscriptions, hand_attached) = Spi::connect(|c| {
+    // Read with a snapshot of now (`update` takes one per statement; a read-only `select` would
+    // use the step's, taken before the slot was read): a subscription made just before the
+    // change was committed before it, so it is seen.
+    let (mut subscriptions, hand_endpoints) = Spi::connect_mut(|c| {
         let subs = c
-            .select(SUBSCRIPTIONS_SQL, None, &[relid.into()])?
+            .update(SUBSCRIPTIONS_SQL, None, &[relid.into()])?
             .map(|r| {
                 Ok((
                     crate::error::not_null::<String>(&r, "name")?,
@@ -181,37 +285,40 @@ fn build(relid: pg_sys::Oid, namespace: &str, name: &str, columns: &[Column]) ->
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let hand = c
-            .select(HAND_ATTACHED_SQL, None, &[relid.into()])?
-            .first()
-            .get_one::<bool>()?
-            .unwrap_or(false);
+        let mut hand: Vec<String> = Vec::new();
+        for row in c.update(HAND_ATTACHED_SQL, None, &[relid.into()])? {
+            let args = crate::error::not_null::<Vec<u8>>(&row, "tgargs")?;
+            hand.extend(
+                args.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned()),
+            );
+        }
         Ok::<_, WebhookError>((subs, hand))
     })?;
-    if subscriptions.is_empty() || hand_attached {
+    subscriptions.retain(|(endpoint, _, _)| !hand_endpoints.contains(endpoint));
+    if subscriptions.is_empty() {
         return Ok(None);
     }
     let current = table::load(relid)?;
-    let shape = TableShape {
-        qualified_name: format!("{namespace}.{name}"),
-        schema: namespace.to_string(),
-        table: name.to_string(),
-        columns: columns
-            .iter()
-            .map(|c| (c.name.clone(), c.type_oid == pg_sys::TEXTARRAYOID.to_u32()))
-            .collect(),
-        primary_key: current
-            .primary_key
-            .into_iter()
-            .filter(|k| columns.iter().any(|c| &c.name == k))
-            .collect(),
-    };
     let memory = Memory::new(c"webhook wal plan");
     // SAFETY: the table exists (its subscriptions do: dropping it removes them); it is opened
     // and closed again under AccessShareLock, which the transaction keeps.
     let relation = unsafe { pg_sys::relation_open(relid, pg_sys::AccessShareLock as i32) };
     // SAFETY: the open relation's descriptor; the new descriptor lives in `memory`.
-    let (desc, positions) = memory.run(|| unsafe { change_desc((*relation).rd_att, columns) });
+    let (desc, positions, generated) =
+        memory.run(|| unsafe { change_desc((*relation).rd_att, columns) });
+    let generated: Vec<(usize, *mut pg_sys::Node)> = generated
+        .into_iter()
+        .map(|position| {
+            // SAFETY: the generation expression of a stored generated column of the open
+            // relation, copied into the plan's memory.
+            let expr = memory
+                .run(|| unsafe { pg_sys::build_column_default(relation, (position + 1) as i32) });
+            (position, expr)
+        })
+        .filter(|(_, expr)| !expr.is_null())
+        .collect();
     // SAFETY: closes what was opened above, keeping the lock.
     unsafe { pg_sys::relation_close(relation, pg_sys::NoLock as i32) };
     // SAFETY: registers the descriptor's row type (a copy) in the backend's record type cache,
@@ -219,6 +326,31 @@ fn build(relid: pg_sys::Oid, namespace: &str, name: &str, columns: &[Column]) ->
     let desc = unsafe { pg_sys::BlessTupleDesc(desc) };
     // SAFETY: `desc` was just built with natts attributes.
     let natts = unsafe { (*desc).natts } as usize;
+    // SAFETY: as above; attribute names are NUL-terminated NameData.
+    let live: Vec<(String, bool)> = unsafe { (*desc).attrs.as_slice(natts) }
+        .iter()
+        .filter(|a| !a.attisdropped)
+        .map(|a| {
+            // SAFETY: as above.
+            let name = unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) };
+            (
+                name.to_string_lossy().into_owned(),
+                a.atttypid == pg_sys::TEXTARRAYOID,
+            )
+        })
+        .collect();
+    // The change's columns in the descriptor's order, as the trigger sees the table's.
+    let shape = TableShape {
+        qualified_name: format!("{namespace}.{name}"),
+        schema: namespace.to_string(),
+        table: name.to_string(),
+        primary_key: current
+            .primary_key
+            .into_iter()
+            .filter(|k| live.iter().any(|(c, _)| c == k))
+            .collect(),
+        columns: live,
+    };
     let names: Vec<&str> = subscriptions.iter().map(|(n, _, _)| n.as_str()).collect();
     // SAFETY: `desc` describes the tuples this plan renders, as the blessed RECORD type, with
     // the table's attribute numbers for every column a subscription names (change_desc).
@@ -250,11 +382,17 @@ fn build(relid: pg_sys::Oid, namespace: &str, name: &str, columns: &[Column]) ->
             }
         })
         .collect();
+    let generated = (!generated.is_empty()).then(|| {
+        // SAFETY: `desc` has the table's attribute numbers for the columns the expressions
+        // read (change_desc); built in the plan's memory.
+        memory.run(|| unsafe { Generated::new(desc, &generated) })
+    });
     Ok(Some(Rc::new(WalPlan {
         plan,
         desc,
         natts,
         inputs,
+        generated,
         _memory: memory,
     })))
 }
@@ -289,7 +427,15 @@ impl WalPlan {
             nulls[input.position] = false;
         }
         // SAFETY: datums and nulls hold natts entries each, for the plan's descriptor.
-        unsafe { pg_sys::heap_form_tuple(self.desc, datums.as_mut_ptr(), nulls.as_mut_ptr()) }
+        let tuple =
+            unsafe { pg_sys::heap_form_tuple(self.desc, datums.as_mut_ptr(), nulls.as_mut_ptr()) };
+        match &self.generated {
+            // SAFETY: `tuple` was just formed from the descriptor `generated` was built for.
+            Some(generated) => unsafe {
+                generated.compute(self.desc, tuple, &mut datums, &mut nulls)
+            },
+            None => tuple,
+        }
     }
 }
 
@@ -324,6 +470,12 @@ struct Work {
     row: usize,
     lsn: u64,
     occurred_at: Rc<str>,
+}
+
+/// The WAL's insert position.
+fn insert_lsn() -> u64 {
+    // SAFETY: reads the WAL insert position from shared memory under its spinlock.
+    unsafe { pg_sys::GetXLogInsertRecPtr() }
 }
 
 fn parse(data: &[u8]) -> Result<Message<'_>> {
@@ -371,18 +523,9 @@ fn queue_all(work: &[Work], rows: &[(i64, Vec<u8>)], memory: &Memory) -> Result<
 /// and skipped.)
 pub fn step(limit: i64, read_upto: Option<u64>, advance: bool) -> Result<Progress> {
     let slot = slot::name();
-    // PostgreSQL logs each start of logical decoding (every read and advance) at LOG.
-    Spi::connect(|c| {
-        c.select(
-            "SELECT pg_catalog.set_config('log_min_messages', 'warning', true)",
-            None,
-            &[],
-        )?;
-        Ok::<_, WebhookError>(())
-    })?;
     let applied = slot::applied_lsn(&slot)?;
     if advance {
-        slot::advance(&slot, applied.max(read_upto.unwrap_or(0)))?;
+        quietly(|| slot::advance(&slot, applied.max(read_upto.unwrap_or(0))))?;
     }
     let memory = Memory::new(c"webhook wal change");
     let mut relations: HashMap<u32, (String, String, Vec<Column>)> = HashMap::new();
@@ -391,11 +534,19 @@ pub fn step(limit: i64, read_upto: Option<u64>, advance: bool) -> Result<Progres
     let mut changes = 0usize;
     let mut last_end = applied;
     let mut wake = false;
+    let mut accepted_upto = 0u64;
     Spi::connect(|client| {
         let mut cursor = client.open_cursor(slot::PEEK_SQL, &[slot.as_str().into(), limit.into()]);
+        let mut first = true;
         loop {
-            let rows: Vec<(i64, Vec<u8>)> = cursor
-                .fetch(FETCH)?
+            // The first fetch decodes (the function reads the slot whole into a tuplestore).
+            let fetched = if first {
+                quietly(|| cursor.fetch(FETCH))
+            } else {
+                cursor.fetch(FETCH)
+            };
+            first = false;
+            let rows: Vec<(i64, Vec<u8>)> = fetched?
                 .map(|r| {
                     Ok((
                         crate::error::not_null::<i64>(&r, "lsn")?,
@@ -448,6 +599,15 @@ pub fn step(limit: i64, read_upto: Option<u64>, advance: bool) -> Result<Progres
                                 "WAL capture: a change of relation {relid} came before its description"
                             )));
                         };
+                        // A subscription or hand-made trigger committed before this change
+                        // sent its invalidation before the change was written: take in every
+                        // invalidation sent before the WAL's current end, once per stretch.
+                        if (*lsn as u64) >= accepted_upto {
+                            accepted_upto = insert_lsn();
+                            // SAFETY: processes pending catalog invalidations, as acquiring a
+                            // lock does; inside the step's transaction.
+                            unsafe { pg_sys::AcceptInvalidationMessages() };
+                        }
                         if let Some(plan) = plan_for(relid, namespace, name, columns)? {
                             work.push(Work {
                                 plan,
@@ -474,6 +634,33 @@ pub fn step(limit: i64, read_upto: Option<u64>, advance: bool) -> Result<Progres
         changes,
         caught_up: (messages as i64) < limit,
     })
+}
+
+/// Run `f` without the LOG lines PostgreSQL writes each time logical decoding starts (each
+/// read and advance of the slot, many a second). LOG ranks above ERROR in the server log's
+/// order, so only `fatal` hides it; what `f` raises is still reported (as the worker's FATAL).
+fn quietly<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: a GUC nesting level of the current transaction, as a function's SET clause
+    // opens; the setting is restored when the level is closed below, or by the transaction's
+    // abort if `f` raises. The worker is a superuser, so the SUSET setting is allowed.
+    let level = unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"log_min_messages".as_ptr(),
+            c"fatal".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    };
+    let result = f();
+    // SAFETY: closes the level opened above (restoring log_min_messages).
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    result
 }
 
 /// Queue one change for the subscriptions whose WAL range holds its LSN.
