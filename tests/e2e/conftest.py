@@ -90,7 +90,9 @@ def wal_cluster():
 
 @pytest.fixture
 def cluster(request):
-    """The session's cluster in the capture mode the test runs in (see pytest_generate_tests)."""
+    """The session's cluster in the capture mode the test runs in (see pytest_generate_tests).
+    Function-scoped, as a parametrised fixture must be: a fixture of a wider scope asks for
+    trigger_cluster or wal_cluster by name."""
     mode = getattr(request, "param", "trigger")
     return request.getfixturevalue(f"{mode}_cluster")
 

@@ -70,6 +70,20 @@ def capture_held(cluster, db):
         lock.rollback()
 
 
+@contextlib.contextmanager
+def own_cluster(settings):
+    """A started cluster of the test's own; on a failure its server log's tail is printed (the
+    report shows it), and it is removed in any case."""
+    cluster = Cluster(settings).start()
+    try:
+        yield cluster
+    except BaseException:
+        print(f"--- server log of the test's own cluster (last 80 lines) ---\n{cluster.log_tail(80)}")
+        raise
+    finally:
+        cluster.cleanup()
+
+
 # --- DDL -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("reader", ["held", "live"])
@@ -114,6 +128,36 @@ def test_ddl_between_changes_shows_change_by_change(cluster, db, receiver, name,
     ]
     assert len(queued(db, name)) == 6
 
+
+def test_options_naming_a_column_newer_than_unread_changes_do_not_stop_capture(cluster, db, receiver, name):
+    """Changes made before ADD COLUMN n, read only after watch calls whose options name n (the
+    worker was behind): capture goes on, for this table and the others, in the same worker
+    process. B's subscription starts after row 1, so B gets row 2 only; A (watched before row 1,
+    then again with a predicate on n) gets row 2, and row 1 at most once."""
+    other = f"{name}_other"
+    watched(db, receiver, other)
+    a, b = f"{name}_a", f"{name}_b"
+    make_table(db, name)
+    endpoint(db, a, receiver.url(f"/ok/{name}/a"))
+    endpoint(db, b, receiver.url(f"/ok/{name}/b"))
+    db.execute("SELECT webhook.watch(%s, %s)", (name, a))
+    settle(db)
+    pid = capture_pid(db)
+    try:
+        with capture_held(cluster, db):
+            db.execute(f"INSERT INTO {name} VALUES (1, 'before n')")
+            db.execute(f"ALTER TABLE {name} ADD COLUMN n int")
+            db.execute("SELECT webhook.watch(%s, %s, predicate => 'n > 0')", (name, a))
+            db.execute("SELECT webhook.watch(%s, %s, columns => '{id,n}', lookup => '{n}')", (name, b))
+            db.execute(f"INSERT INTO {name} VALUES (2, 'after n', 5)")
+            db.execute(f"INSERT INTO {other} VALUES (1, 'other table')")
+        assert receiver.wait_for(1, f"/ok/{other}")[0].json()["data"] == {"id": 1, "v": "other table"}
+        assert [(op, p["data"]) for op, p in queued(db, b)] == [("data_insert", {"id": 2, "n": 5})]
+        sent_a = [p["data"]["id"] for _, p in queued(db, a)]
+        assert sent_a in ([2], [1, 2]), sent_a
+        assert capture_pid(db) == pid, "the capture worker was restarted"
+    finally:
+        db.execute(f"DROP TABLE IF EXISTS {name}")  # what WAL capture cannot take must not stay in its way
 
 def test_ddl_guard_refuses_breaking_ddl_and_a_weaker_replica_identity(db, receiver, name):
     watched(db, receiver, name, ddl="id int PRIMARY KEY, a text, b text", columns=["id", "a"])
@@ -425,55 +469,59 @@ def test_kill_capture_worker_and_immediate_stop_mid_burst():
     while the writer is committing: every committed row is queued once and arrives under one
     webhook-id (the transactions read again after each crash are skipped), no rolled-back row."""
     receiver = Receiver()
-    cluster = Cluster({**WAL_SETTINGS, "restart_after_crash": "on"}).start()
     try:
-        with cluster.connect() as db:
-            db.execute("CREATE EXTENSION webhook")
-            db.execute("CREATE TABLE burst (id int PRIMARY KEY, v text)")
-            endpoint(db, "burst", receiver.url("/ok/burst"))
-            db.execute("SELECT webhook.watch('burst', 'burst')")
-            first = capture_pid(db)
-        writer = Writer(cluster, "burst", total=2000, per_tx=4, rollbacks=True, pause=0.004)
-        writer.start()
-        pids = [first]
-
-        def mid_stream(fraction):
-            wait_until(lambda: writer.next_id > 2000 * fraction, 60, f"the writer to reach {fraction:.0%}", poll=0.005)
-            assert writer.is_alive() and time.monotonic() - writer.last_commit < 0.5, "the writer is not committing"
-            return writer.commits, writer.errors
-
-        def cut_and_resumed(commits, errors):
-            wait_until(lambda: writer.errors > errors and writer.commits > commits, 30,
-                       "the writer to be cut by the fault and commit again", poll=0.01)
-
-        before = mid_stream(1 / 3)
-        os.kill(pids[0], signal.SIGKILL)
-        cut_and_resumed(*before)
-        pids.append(wait_until(lambda: (lambda p: p if p and p != pids[0] else None)(
-            try_one(cluster, "SELECT pid FROM pg_stat_activity WHERE backend_type = %s", CAPTURE_WORKER)),
-            30, "a new capture worker after kill -9"))
-        before = mid_stream(2 / 3)
-        cluster.stop("immediate")
-        cluster.start()
-        cut_and_resumed(*before)
-        writer.join(timeout=120)
-        assert not writer.is_alive() and writer.next_id > 2000
-        rows, requests = check_exactly_once(cluster, receiver, "burst", "/ok/burst")
-        assert set(writer.confirmed) <= rows and len(rows) >= 2000 - 4 * writer.errors
-        assert max(rows) < Writer.ROLLED_BACK
-        print(f"\nWAL fault burst: {len(rows)} committed rows, {len(requests)} requests "
-              f"({len(requests) - len(rows)} resent after a crash, same webhook-id), {writer.errors} writer "
-              f"errors, capture worker pids {pids}")
+        with own_cluster({**WAL_SETTINGS, "restart_after_crash": "on"}) as cluster:
+            burst(cluster, receiver)
     finally:
         receiver.close()
-        cluster.cleanup()
+
+
+def burst(cluster, receiver):
+    """The body of test_kill_capture_worker_and_immediate_stop_mid_burst."""
+    with cluster.connect() as db:
+        db.execute("CREATE EXTENSION webhook")
+        db.execute("CREATE TABLE burst (id int PRIMARY KEY, v text)")
+        endpoint(db, "burst", receiver.url("/ok/burst"))
+        db.execute("SELECT webhook.watch('burst', 'burst')")
+        first = capture_pid(db)
+    writer = Writer(cluster, "burst", total=2000, per_tx=4, rollbacks=True, pause=0.004)
+    writer.start()
+    pids = [first]
+
+    def mid_stream(fraction):
+        wait_until(lambda: writer.next_id > 2000 * fraction, 60, f"the writer to reach {fraction:.0%}", poll=0.005)
+        assert writer.is_alive() and time.monotonic() - writer.last_commit < 0.5, "the writer is not committing"
+        return writer.commits, writer.errors
+
+    def cut_and_resumed(commits, errors):
+        wait_until(lambda: writer.errors > errors and writer.commits > commits, 30,
+                   "the writer to be cut by the fault and commit again", poll=0.01)
+
+    before = mid_stream(1 / 3)
+    os.kill(pids[0], signal.SIGKILL)
+    cut_and_resumed(*before)
+    pids.append(wait_until(lambda: (lambda p: p if p and p != pids[0] else None)(
+        try_one(cluster, "SELECT pid FROM pg_stat_activity WHERE backend_type = %s", CAPTURE_WORKER)),
+        30, "a new capture worker after kill -9"))
+    before = mid_stream(2 / 3)
+    cluster.stop("immediate")
+    cluster.start()
+    cut_and_resumed(*before)
+    writer.join(timeout=120)
+    assert not writer.is_alive() and writer.next_id > 2000
+    rows, requests = check_exactly_once(cluster, receiver, "burst", "/ok/burst")
+    assert set(writer.confirmed) <= rows and len(rows) >= 2000 - 4 * writer.errors
+    assert max(rows) < Writer.ROLLED_BACK
+    print(f"\nWAL fault burst: {len(rows)} committed rows, {len(requests)} requests "
+          f"({len(requests) - len(rows)} resent after a crash, same webhook-id), {writer.errors} writer "
+          f"errors, capture worker pids {pids}")
 
 
 def test_drop_extension_drops_slot_and_publication():
     """DROP EXTENSION cannot drop a slot itself: the capture worker drops slot and publication
     within about a second; CREATE EXTENSION again makes new ones and capture works."""
     receiver = Receiver()
-    with Cluster(WAL_SETTINGS).start() as cluster, cluster.connect() as db:
+    with own_cluster(WAL_SETTINGS) as cluster, cluster.connect() as db:
         db.execute("CREATE EXTENSION webhook")
         wait_until(lambda: one(db, "SELECT count(*) FROM webhook.capture_lag") == 1, 10, "the slot")
         slot = slot_name(db)
@@ -504,7 +552,7 @@ def test_drop_extension_drops_slot_and_publication():
 def test_watch_without_wal_level_logical():
     """webhook.capture = 'wal' with wal_level = replica: watch fails with 55000 naming wal_level
     and stores nothing; the capture worker says so in the server log; writes go on."""
-    with Cluster({**SETTINGS, "webhook.capture": "'wal'", "wal_level": "replica"}).start() as cluster, \
+    with own_cluster({**SETTINGS, "webhook.capture": "'wal'", "wal_level": "replica"}) as cluster, \
             cluster.connect() as db:
         db.execute("CREATE EXTENSION webhook")
         db.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
@@ -530,53 +578,57 @@ def test_mode_switch_trigger_wal_trigger_sends_each_change_once():
     table to the new mode at start, and every committed row (before, during, after each switch)
     is queued once and arrives under one webhook-id."""
     receiver = Receiver()
-    cluster = Cluster({**SETTINGS, "wal_level": "logical", "webhook.capture": "'trigger'"}).start()
     try:
-        with cluster.connect() as db:
-            db.execute("CREATE EXTENSION webhook")
-            db.execute("CREATE TABLE sw (id int PRIMARY KEY, v text)")
-            endpoint(db, "sw", receiver.url("/ok/sw"))
-            db.execute("SELECT webhook.watch('sw', 'sw')")
-        writer = Writer(cluster, "sw", pause=0.003)
-        writer.start()
-        phases = {}
-
-        def advance(n, what):
-            target = len(writer.confirmed) + n
-            wait_until(lambda: len(writer.confirmed) >= target, 60, f"{n} commits {what}", poll=0.01)
-
-        def has_trigger():
-            return try_one(cluster, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'sw'::regclass"
-                                    " AND tgname = 'webhook_capture'")
-
-        def slots():
-            return try_one(cluster, "SELECT count(*) FROM pg_replication_slots")
-
-        def switch(mode):
-            errors = writer.errors
-            advance(50, f"before switching to {mode}")
-            phases[f"before {mode}"] = len(writer.confirmed)
-            with cluster.connect() as db:
-                db.execute(f"ALTER SYSTEM SET webhook.capture = '{mode}'")
-            cluster.restart("fast")
-            wait_until(lambda: writer.errors > errors, 10, "the restart to cut the writer")
-            advance(50, f"right after switching to {mode}")
-
-        switch("wal")
-        wait_until(lambda: has_trigger() == 0 and slots() == 1, 20, "the table to be captured from the WAL")
-        advance(100, "in WAL mode")
-        switch("trigger")
-        wait_until(lambda: has_trigger() == 1 and slots() == 0, 20,
-                   "the trigger back and the slot read up to it and dropped")
-        advance(100, "back in trigger mode")
-        writer.stop.set()
-        writer.join(timeout=30)
-        log = cluster.log_text()
-        assert "table sw is now captured from the WAL" in log and "table sw is captured by its trigger again" in log
-        rows, requests = check_exactly_once(cluster, receiver, "sw", "/ok/sw")
-        assert set(writer.confirmed) <= rows
-        print(f"\nmode switch: {len(rows)} rows ({writer.errors} writer errors), {len(requests)} requests, "
-              f"phases {phases}")
+        with own_cluster({**SETTINGS, "wal_level": "logical", "webhook.capture": "'trigger'"}) as cluster:
+            switches(cluster, receiver)
     finally:
         receiver.close()
-        cluster.cleanup()
+
+
+def switches(cluster, receiver):
+    """The body of test_mode_switch_trigger_wal_trigger_sends_each_change_once."""
+    with cluster.connect() as db:
+        db.execute("CREATE EXTENSION webhook")
+        db.execute("CREATE TABLE sw (id int PRIMARY KEY, v text)")
+        endpoint(db, "sw", receiver.url("/ok/sw"))
+        db.execute("SELECT webhook.watch('sw', 'sw')")
+    writer = Writer(cluster, "sw", pause=0.003)
+    writer.start()
+    phases = {}
+
+    def advance(n, what):
+        target = len(writer.confirmed) + n
+        wait_until(lambda: len(writer.confirmed) >= target, 60, f"{n} commits {what}", poll=0.01)
+
+    def has_trigger():
+        return try_one(cluster, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'sw'::regclass"
+                                " AND tgname = 'webhook_capture'")
+
+    def slots():
+        return try_one(cluster, "SELECT count(*) FROM pg_replication_slots")
+
+    def switch(mode):
+        errors = writer.errors
+        advance(50, f"before switching to {mode}")
+        phases[f"before {mode}"] = len(writer.confirmed)
+        with cluster.connect() as db:
+            db.execute(f"ALTER SYSTEM SET webhook.capture = '{mode}'")
+        cluster.restart("fast")
+        wait_until(lambda: writer.errors > errors, 10, "the restart to cut the writer")
+        advance(50, f"right after switching to {mode}")
+
+    switch("wal")
+    wait_until(lambda: has_trigger() == 0 and slots() == 1, 20, "the table to be captured from the WAL")
+    advance(100, "in WAL mode")
+    switch("trigger")
+    wait_until(lambda: has_trigger() == 1 and slots() == 0, 20,
+               "the trigger back and the slot read up to it and dropped")
+    advance(100, "back in trigger mode")
+    writer.stop.set()
+    writer.join(timeout=30)
+    log = cluster.log_text()
+    assert "table sw is now captured from the WAL" in log and "table sw is captured by its trigger again" in log
+    rows, requests = check_exactly_once(cluster, receiver, "sw", "/ok/sw")
+    assert set(writer.confirmed) <= rows
+    print(f"\nmode switch: {len(rows)} rows ({writer.errors} writer errors), {len(requests)} requests, "
+          f"phases {phases}")
