@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 /// The capture worker's nice value: when the CPUs are saturated, the writers whose changes it
 /// reads go first, and it catches up when they ease (the lag shows in webhook.capture_lag).
 const NICE: i32 = 10;
-/// How long the worker sleeps when the WAL has not moved (and how late it sees a commit).
-const IDLE_POLL: Duration = Duration::from_millis(5);
+/// How long the worker sleeps when the WAL has not moved. A client's writing transaction
+/// wakes it as it commits (shmem::wake_capture_at_commits); the poll finds the rest (writes of
+/// other background processes).
+const IDLE_POLL: Duration = Duration::from_millis(10);
 
 pub fn register() {
     BackgroundWorkerBuilder::new("webhook capture worker")
@@ -53,6 +55,7 @@ pub extern "C-unwind" fn webhook_capture_main(_arg: pg_sys::Datum) {
     if guc::capture() == Capture::Wal {
         log!("webhook capture worker started in database \"{database}\"");
     }
+    shmem::publish_capture_latch();
     let mut reader = WalReader::new();
     let mut version_ok = false;
     while !super::shutdown_requested() {
@@ -60,11 +63,14 @@ pub extern "C-unwind" fn webhook_capture_main(_arg: pg_sys::Datum) {
         if !version_ok {
             version_ok = step(super::claim::schema_version).as_deref() == Some(super::VERSION);
         }
-        let busy = reader.turn(version_ok);
+        let turn = reader.turn(version_ok);
         if guc::capture() == Capture::Trigger && reader.finished() {
             break;
         }
-        if !busy {
+        if let Turn::Later(pause) = turn {
+            // Not waiting on the latch: commits meanwhile only set it, without a signal.
+            std::thread::sleep(pause);
+        } else if let Turn::Idle = turn {
             // SAFETY: MyLatch is this process's own latch, set by PostgreSQL before any
             // extension code runs.
             unsafe {
@@ -86,6 +92,8 @@ pub extern "C-unwind" fn webhook_capture_main(_arg: pg_sys::Datum) {
     }
 }
 
+/// The size of the longest WAL page header (SizeOfXLogLongPHD, at a segment's start).
+const PAGE_HEADER_MAX: u64 = 40;
 /// Messages read from the slot per transaction (whole transactions: a large one is read whole).
 const READ_LIMIT: i64 = 5_000;
 /// While the WAL grows only by a little, read at most this often (each read decodes the WAL
@@ -114,6 +122,16 @@ pub struct WalReader {
     last_advance: Option<Instant>,
     last_snapshot: Instant,
     last_look: Option<Instant>,
+}
+
+/// What a turn of the loop leaves to do.
+pub enum Turn {
+    /// More to read now.
+    More,
+    /// The WAL moved, but it was read less than READ_EVERY ago: read again after this pause.
+    Later(Duration),
+    /// Nothing to read: sleep until a commit or the poll.
+    Idle,
 }
 
 /// What to do with the tables' capture this time round.
@@ -148,9 +166,8 @@ impl WalReader {
         self.last_look.is_some() && !self.draining
     }
 
-    /// One turn of the loop; true while there is more to read now (no sleeping). `ready`: the
-    /// extension is installed at this library's version.
-    pub fn turn(&mut self, ready: bool) -> bool {
+    /// One turn of the loop. `ready`: the extension is installed at this library's version.
+    pub fn turn(&mut self, ready: bool) -> Turn {
         let look_due = self.last_look.is_none_or(|t| t.elapsed() >= LOOK_EVERY);
         if look_due {
             self.last_look = Some(Instant::now());
@@ -164,17 +181,17 @@ impl WalReader {
                 *self = WalReader::new();
                 self.last_look = Some(Instant::now());
             }
-            return false;
+            return Turn::Idle;
         }
         if !ready {
-            return false;
+            return Turn::Idle;
         }
         let look = match guc::capture() {
             Capture::Wal => self.look_wal(look_due),
             Capture::Trigger => self.look_trigger(look_due),
         };
         match look {
-            Look::Nothing => false,
+            Look::Nothing => Turn::Idle,
             Look::Read => self.read(),
         }
     }
@@ -271,24 +288,36 @@ impl WalReader {
     }
 
     /// Read the slot if the WAL moved since it was last read to the end (at most every
-    /// READ_EVERY then); true when there is more to read.
-    fn read(&mut self) -> bool {
+    /// READ_EVERY then).
+    fn read(&mut self) -> Turn {
         let lsn = insert_lsn();
         if self.caught_up_at_lsn == Some(lsn) {
             shmem::capture_caught_up();
-            return false;
+            return Turn::Idle;
         }
-        if self.caught_up_at_lsn.is_some()
-            && self.last_read.is_some_and(|t| t.elapsed() < READ_EVERY)
-        {
-            return false;
+        if self.caught_up_at_lsn.is_some() {
+            if let Some(pause) = self
+                .last_read
+                .and_then(|t| READ_EVERY.checked_sub(t.elapsed()))
+            {
+                return Turn::Later(pause);
+            }
         }
         self.last_read = Some(Instant::now());
         // Logical decoding reads only flushed WAL. Commits made with synchronous_commit = off
         // wait for the WAL writer (up to wal_writer_delay, 200 ms by default): flush them now.
+        // The insert position is where the next record goes: right after a page's header when
+        // the last record ended at the page's end, and that header is not written yet
+        // (XLogFlush raises an ERROR for it). Flush up to the page's start then.
+        let in_page = lsn % u64::from(pg_sys::XLOG_BLCKSZ);
+        let upto = if in_page <= PAGE_HEADER_MAX {
+            lsn - in_page
+        } else {
+            lsn
+        };
         // SAFETY: flushes the WAL up to a position already inserted (XLogFlush waits for
         // insertions in progress below it), as any committing backend does.
-        unsafe { pg_sys::XLogFlush(lsn) };
+        unsafe { pg_sys::XLogFlush(upto) };
         // SAFETY: reads the WAL flush position from shared memory; no timeline is asked for.
         let flushed = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
         let read_upto = self.read_upto;
@@ -309,10 +338,10 @@ impl WalReader {
             self.caught_up_at_lsn = Some(lsn);
             self.read_upto = Some(flushed);
             shmem::capture_caught_up();
-            false
+            Turn::Idle
         } else {
             self.caught_up_at_lsn = None;
-            true
+            Turn::More
         }
     }
 

@@ -25,7 +25,7 @@ use crate::shmem;
 use crate::subscription::TableShape;
 use pgoutput::{Column, Message, Value};
 use pgrx::prelude::*;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -35,11 +35,30 @@ type Cached = Option<Rc<WalPlan>>;
 
 thread_local! {
     static PLANS: RefCell<HashMap<(u32, Vec<Column>), Cached>> = RefCell::new(HashMap::new());
+    /// While the slot is read or advanced: PostgreSQL's count of shared invalidation messages
+    /// (and cache resets) processed when it began.
+    static DECODING_FROM: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// The shared invalidation messages this backend has processed so far.
+fn invalidations_processed() -> u64 {
+    // SAFETY: a plain read of a counter PostgreSQL keeps for this backend (it is how
+    // RangeVarGetRelidExtended detects invalidations); only the main thread touches it.
+    unsafe { pg_sys::SharedInvalidMessageCounter }
 }
 
 /// Forget the plans of `relid` (all of them for InvalidOid, or when `all`); called by the
-/// capture module's relcache invalidation callback.
+/// capture module's relcache invalidation callback. Each read and advance of the slot ends
+/// with InvalidateSystemCaches (logicalfuncs.c), a reset of every cache that no catalog
+/// change caused: that one is ignored, unless a real invalidation message or a cache reset
+/// (both counted) was processed meanwhile.
 pub(crate) fn forget(relid: pg_sys::Oid, all: bool) {
+    if !all
+        && relid == pg_sys::InvalidOid
+        && DECODING_FROM.with(Cell::get) == Some(invalidations_processed())
+    {
+        return;
+    }
     PLANS.with(|p| {
         if let Ok(mut plans) = p.try_borrow_mut() {
             if all || relid == pg_sys::InvalidOid {
@@ -525,7 +544,7 @@ pub fn step(limit: i64, read_upto: Option<u64>, advance: bool) -> Result<Progres
     let slot = slot::name();
     let applied = slot::applied_lsn(&slot)?;
     if advance {
-        quietly(|| slot::advance(&slot, applied.max(read_upto.unwrap_or(0))))?;
+        decoding(|| slot::advance(&slot, applied.max(read_upto.unwrap_or(0))))?;
     }
     let memory = Memory::new(c"webhook wal change");
     let mut relations: HashMap<u32, (String, String, Vec<Column>)> = HashMap::new();
@@ -541,7 +560,7 @@ pub fn step(limit: i64, read_upto: Option<u64>, advance: bool) -> Result<Progres
         loop {
             // The first fetch decodes (the function reads the slot whole into a tuplestore).
             let fetched = if first {
-                quietly(|| cursor.fetch(FETCH))
+                decoding(|| cursor.fetch(FETCH))
             } else {
                 cursor.fetch(FETCH)
             };
@@ -636,10 +655,18 @@ pub fn step(limit: i64, read_upto: Option<u64>, advance: bool) -> Result<Progres
     })
 }
 
-/// Run `f` without the LOG lines PostgreSQL writes each time logical decoding starts (each
-/// read and advance of the slot, many a second). LOG ranks above ERROR in the server log's
-/// order, so only `fatal` hides it; what `f` raises is still reported (as the worker's FATAL).
-fn quietly<R>(f: impl FnOnce() -> R) -> R {
+/// Read or advance the slot with `f`: without the LOG lines PostgreSQL writes each time logical
+/// decoding starts (many a second; LOG ranks above ERROR in the server log's order, so only
+/// `fatal` hides it, and what `f` raises is still reported, as the worker's FATAL), and
+/// keeping the plans through the cache reset decoding ends with (see `forget`).
+fn decoding<R>(f: impl FnOnce() -> R) -> R {
+    DECODING_FROM.with(|d| d.set(Some(invalidations_processed())));
+    let result = quiet_log(f);
+    DECODING_FROM.with(|d| d.set(None));
+    result
+}
+
+fn quiet_log<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: a GUC nesting level of the current transaction, as a function's SET clause
     // opens; the setting is restored when the level is closed below, or by the transaction's
     // abort if `f` raises. The worker is a superuser, so the SUSET setting is allowed.
