@@ -283,7 +283,20 @@ fn plan_for(relid: u32, namespace: &str, name: &str, columns: &[Column]) -> Resu
         return Ok(cached);
     }
     let generation = super::generation();
-    let built = build(pg_sys::Oid::from(relid), namespace, name, columns)?;
+    // In a subtransaction: a plan that cannot be built (an error of PostgreSQL's included)
+    // costs this change, not the worker (it would fail again at the same change forever).
+    let built = match super::sync::in_subtransaction(|| {
+        build(pg_sys::Oid::from(relid), namespace, name, columns)
+    }) {
+        Ok(built) => built,
+        Err(e) => {
+            warning!(
+                "webhook: WAL capture of {namespace}.{name}: a change written with the columns ({}) cannot be captured and is not sent: {e}",
+                columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            return Ok(None);
+        }
+    };
     if super::generation() == generation {
         PLANS.with(|p| p.borrow_mut().insert(key, built.clone()));
     }
@@ -375,8 +388,17 @@ fn build(relid: pg_sys::Oid, namespace: &str, name: &str, columns: &[Column]) ->
     let names: Vec<&str> = subscriptions.iter().map(|(n, _, _)| n.as_str()).collect();
     // SAFETY: `desc` describes the tuples this plan renders, as the blessed RECORD type, with
     // the table's attribute numbers for every column a subscription names (change_desc).
-    let mut plan =
-        unsafe { super::plan("WAL capture", relid, desc, pg_sys::RECORDOID, shape, &names)? };
+    let mut plan = unsafe {
+        super::plan(
+            "WAL capture",
+            relid,
+            desc,
+            pg_sys::RECORDOID,
+            shape,
+            &names,
+            super::Misfit::LeaveOut,
+        )?
+    };
     for target in &mut plan.targets {
         target.wal_range = subscriptions
             .iter()
