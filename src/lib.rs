@@ -49,6 +49,9 @@ pub extern "C-unwind" fn _PG_init() {
     if preloading {
         shmem::init();
         worker::register();
+        if guc::capture() == guc::Capture::Wal {
+            shmem::wake_capture_at_commits();
+        }
     }
     // SAFETY: called from _PG_init on the main thread after the extension's GUCs are defined,
     // as PostgreSQL documents; the prefix is a NUL-terminated static string.

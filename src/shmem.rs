@@ -14,9 +14,9 @@ static LATCHES: PgAtomic<[AtomicUsize; MAX_WORKERS]> =
     unsafe { PgAtomic::new(c"webhook_worker_latches") };
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 // SAFETY: "webhook_capture_status" is this extension's own shared memory name.
-/// WAL capture (SPEC §8): [when the first worker last had read the whole WAL (a TimestampTz),
-/// whether capture.lag.raised is in force (0 or 1)].
-static CAPTURE_STATUS: PgAtomic<[AtomicUsize; 2]> =
+/// WAL capture (SPEC §8): [when the capture worker last had read the whole WAL (a
+/// TimestampTz), whether capture.lag.raised is in force (0 or 1), the capture worker's latch].
+static CAPTURE_STATUS: PgAtomic<[AtomicUsize; 3]> =
     unsafe { PgAtomic::new(c"webhook_capture_status") };
 
 /// Bytes of a worker's last error kept (the message is cut at a character boundary).
@@ -82,6 +82,8 @@ thread_local! {
 thread_local! {
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
     static WAKE_AT_COMMIT: Cell<bool> = const { Cell::new(false) };
+    /// The committing transaction wrote (has an id): the capture worker has WAL to read.
+    static WROTE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Called from `_PG_init` while preloading.
@@ -183,6 +185,56 @@ pub fn capture_lag_raised(set: Option<bool>) -> bool {
     match set {
         Some(v) => flag.swap(usize::from(v), Ordering::Relaxed) != 0,
         None => flag.load(Ordering::Relaxed) != 0,
+    }
+}
+
+/// The capture worker publishes its latch, for `wake_capture_at_commits`.
+pub fn publish_capture_latch() {
+    if PRELOADED.load(Ordering::Relaxed) {
+        // SAFETY: as in publish_latch.
+        let latch = unsafe { pg_sys::MyLatch } as usize;
+        CAPTURE_STATUS.get()[2].store(latch, Ordering::SeqCst);
+    }
+}
+
+/// WAL capture: every client backend's writing transaction wakes the capture worker as it
+/// commits, so a change is read within a millisecond instead of at the worker's next poll.
+/// Registered while preloading (backends inherit it), when `webhook.capture = 'wal'`.
+pub fn wake_capture_at_commits() {
+    // SAFETY: the callback is a #[pg_guard] function that only touches this thread's state and
+    // shared memory; registered once, in the postmaster, before any backend is forked.
+    unsafe { pg_sys::RegisterXactCallback(Some(on_capture_xact_event), std::ptr::null_mut()) };
+}
+
+/// # Safety
+/// Called only by PostgreSQL's CallXactCallbacks, on the backend's main thread, with the null
+/// argument it was registered with.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_capture_xact_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
+            // SAFETY: plain reads of this backend's type and its transaction's id (if any).
+            let wrote = unsafe {
+                pg_sys::MyBackendType == pg_sys::BackendType::B_BACKEND
+                    && pg_sys::GetTopTransactionIdIfAny() != pg_sys::InvalidTransactionId
+            };
+            WROTE.with(|w| w.set(wrote));
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT if WROTE.with(|w| w.replace(false)) => {
+            let latch = CAPTURE_STATUS.get()[2].load(Ordering::SeqCst);
+            if latch != 0 {
+                // SAFETY: as in wake_workers: a published procLatch, in shared memory for the
+                // life of the cluster; a stale one only causes a spurious wake-up.
+                unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            WROTE.with(|w| w.set(false));
+        }
+        _ => {}
     }
 }
 

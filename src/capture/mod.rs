@@ -304,7 +304,28 @@ fn build_plan(
     let table = table::load(relid)?;
     let names: Vec<&str> = endpoint_names.iter().map(String::as_str).collect();
     // SAFETY: the relation's own descriptor and row type.
-    unsafe { plan(trigger_name, relid, desc, row_type, table, &names) }
+    unsafe {
+        plan(
+            trigger_name,
+            relid,
+            desc,
+            row_type,
+            table,
+            &names,
+            Misfit::Fail,
+        )
+    }
+}
+
+/// What `plan` does with a subscription whose options do not fit the rows' columns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Misfit {
+    /// The trigger: an error (the DDL guard keeps the table fitting its subscriptions).
+    Fail,
+    /// WAL capture: rows read from the WAL have the columns they had when they were written,
+    /// maybe before a column the options name existed. That endpoint is left out of the plan
+    /// (those rows are not sent to it), with a WARNING.
+    LeaveOut,
 }
 
 /// A plan for rows of `relid` described by `desc`, whose composite type is `row_type`, sent to
@@ -321,6 +342,7 @@ pub(crate) unsafe fn plan(
     row_type: pg_sys::Oid,
     table: TableShape,
     endpoint_names: &[&str],
+    misfit: Misfit,
 ) -> WebhookResult<Plan> {
     register_invalidation_callback();
     let (queue_owner, schema_version) = extension()?;
@@ -333,10 +355,23 @@ pub(crate) unsafe fn plan(
                     .first()
                     .get_three::<pg_sys::Oid, pg_sys::Oid, pg_sys::Oid>()?;
             ENDPOINT_TABLE.with(|e| e.set(endpoint_table.unwrap_or(pg_sys::InvalidOid)));
-            let targets = endpoint_names
-                .iter()
-                .map(|name| target(c, label, &table, relid, desc, name, &targets_sql))
-                .collect::<WebhookResult<Vec<_>>>()?;
+            let mut targets = Vec::with_capacity(endpoint_names.len());
+            for name in endpoint_names {
+                match target(c, label, &table, relid, desc, name, &targets_sql) {
+                    Ok(t) => targets.push(t),
+                    Err(WebhookError::WrongState(e)) if misfit == Misfit::LeaveOut => {
+                        let why = e
+                            .split_once("fits the table: ")
+                            .map_or(e.as_str(), |(_, w)| w);
+                        warning!(
+                            "webhook: {label} of {}: the options of endpoint \"{name}\" do not fit changes written with the columns ({}): {why}; those changes are not sent to it",
+                            table.qualified_name,
+                            table.columns.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(", ")
+                        );
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             let message_ids = c
                 .select(MESSAGE_IDS_SQL, None, &[])?
                 .first()

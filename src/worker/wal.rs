@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 /// The capture worker's nice value: when the CPUs are saturated, the writers whose changes it
 /// reads go first, and it catches up when they ease (the lag shows in webhook.capture_lag).
 const NICE: i32 = 10;
-/// How long the worker sleeps when the WAL has not moved (and how late it sees a commit).
-const IDLE_POLL: Duration = Duration::from_millis(5);
+/// How long the worker sleeps when the WAL has not moved. A client's writing transaction
+/// wakes it as it commits (shmem::wake_capture_at_commits); the poll finds the rest (writes of
+/// other background processes).
+const IDLE_POLL: Duration = Duration::from_millis(10);
 
 pub fn register() {
     BackgroundWorkerBuilder::new("webhook capture worker")
@@ -53,6 +55,7 @@ pub extern "C-unwind" fn webhook_capture_main(_arg: pg_sys::Datum) {
     if guc::capture() == Capture::Wal {
         log!("webhook capture worker started in database \"{database}\"");
     }
+    shmem::publish_capture_latch();
     let mut reader = WalReader::new();
     let mut version_ok = false;
     while !super::shutdown_requested() {
@@ -60,11 +63,14 @@ pub extern "C-unwind" fn webhook_capture_main(_arg: pg_sys::Datum) {
         if !version_ok {
             version_ok = step(super::claim::schema_version).as_deref() == Some(super::VERSION);
         }
-        let busy = reader.turn(version_ok);
+        let turn = reader.turn(version_ok);
         if guc::capture() == Capture::Trigger && reader.finished() {
-            break;
+            return;
         }
-        if !busy {
+        if let Turn::Later(pause) = turn {
+            // Not waiting on the latch: commits meanwhile only set it, without a signal.
+            std::thread::sleep(pause);
+        } else if let Turn::Idle = turn {
             // SAFETY: MyLatch is this process's own latch, set by PostgreSQL before any
             // extension code runs.
             unsafe {
@@ -84,24 +90,31 @@ pub extern "C-unwind" fn webhook_capture_main(_arg: pg_sys::Datum) {
         }
         pgrx::check_for_interrupts!();
     }
+    // Stopped by SIGTERM with work left: at a shutdown PostgreSQL starts no worker again, but
+    // the SIGTERM may come from PostgreSQL invalidating the slot this worker holds (past
+    // max_slot_wal_keep_size) or from pg_terminate_backend. Exit code 1 has the worker started
+    // again a second later (code 0 would end it for good); it then finds the slot lost.
+    drop(reader);
+    // SAFETY: ends the process as PostgreSQL's own exit path does, outside any transaction;
+    // the slot is released by PostgreSQL's exit callbacks.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
+/// The size of the longest WAL page header (SizeOfXLogLongPHD, at a segment's start).
+const PAGE_HEADER_MAX: u64 = 40;
 /// Messages read from the slot per transaction (whole transactions: a large one is read whole).
-const READ_LIMIT: i64 = 5_000;
-/// While the WAL grows only by a little, read at most this often (each read decodes the WAL
-/// from the slot's restart point).
+const READ_LIMIT: usize = 5_000;
+/// While the WAL keeps growing, read at most this often: a read is a transaction of the
+/// worker's, and a larger batch costs less per change.
 const READ_EVERY: Duration = Duration::from_millis(5);
-/// How often a running-transactions record is written while changes flow, so that the slot's
-/// restart point (and what each read decodes again) keeps up.
-const SNAPSHOT_EVERY: Duration = Duration::from_millis(200);
-/// How often the slot is moved up to what is queued (each move decodes from its restart point).
-const ADVANCE_EVERY: Duration = Duration::from_millis(100);
 /// How often the slot, the modes of the tables and the lag alert are looked at.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 pub struct WalReader {
     /// The slot, its position row and the publication exist (WAL mode).
     ready: bool,
+    /// The open decoding context (holding the slot), once the first read opened it.
+    wal: Option<wal::Reader>,
     /// A slot is left to read (trigger mode after WAL mode).
     draining: bool,
     warned_wal_level: bool,
@@ -111,9 +124,17 @@ pub struct WalReader {
     /// that committed before it is queued (or skipped as not watched).
     read_upto: Option<u64>,
     last_read: Option<Instant>,
-    last_advance: Option<Instant>,
-    last_snapshot: Instant,
     last_look: Option<Instant>,
+}
+
+/// What a turn of the loop leaves to do.
+pub enum Turn {
+    /// More to read now.
+    More,
+    /// The WAL moved, but it was read less than READ_EVERY ago: read again after this pause.
+    Later(Duration),
+    /// Nothing to read: sleep until a commit or the poll.
+    Idle,
 }
 
 /// What to do with the tables' capture this time round.
@@ -132,13 +153,12 @@ impl WalReader {
     pub fn new() -> WalReader {
         WalReader {
             ready: false,
+            wal: None,
             draining: false,
             warned_wal_level: false,
             caught_up_at_lsn: None,
             read_upto: None,
             last_read: None,
-            last_advance: None,
-            last_snapshot: Instant::now(),
             last_look: None,
         }
     }
@@ -148,9 +168,8 @@ impl WalReader {
         self.last_look.is_some() && !self.draining
     }
 
-    /// One turn of the loop; true while there is more to read now (no sleeping). `ready`: the
-    /// extension is installed at this library's version.
-    pub fn turn(&mut self, ready: bool) -> bool {
+    /// One turn of the loop. `ready`: the extension is installed at this library's version.
+    pub fn turn(&mut self, ready: bool) -> Turn {
         let look_due = self.last_look.is_none_or(|t| t.elapsed() >= LOOK_EVERY);
         if look_due {
             self.last_look = Some(Instant::now());
@@ -158,23 +177,24 @@ impl WalReader {
         let installed = ready || (look_due && step(super::claim::schema_version).is_some());
         if !installed && look_due {
             // DROP EXTENSION cannot drop a slot: the worker does.
+            self.wal = None;
             if step(wal::slot::exists) {
                 step(wal::slot::drop_all);
                 log!("webhook: dropped the WAL capture's slot and publication (the extension is gone)");
                 *self = WalReader::new();
                 self.last_look = Some(Instant::now());
             }
-            return false;
+            return Turn::Idle;
         }
         if !ready {
-            return false;
+            return Turn::Idle;
         }
         let look = match guc::capture() {
             Capture::Wal => self.look_wal(look_due),
             Capture::Trigger => self.look_trigger(look_due),
         };
         match look {
-            Look::Nothing => false,
+            Look::Nothing => Turn::Idle,
             Look::Read => self.read(),
         }
     }
@@ -224,6 +244,7 @@ impl WalReader {
                 Spi::run("DELETE FROM webhook.capture_state")?;
                 Ok(())
             });
+            self.wal = None;
             step(wal::slot::drop_all);
             log!(
                 "webhook: WAL capture's slot read up to where the triggers took over, and dropped"
@@ -271,48 +292,59 @@ impl WalReader {
     }
 
     /// Read the slot if the WAL moved since it was last read to the end (at most every
-    /// READ_EVERY then); true when there is more to read.
-    fn read(&mut self) -> bool {
+    /// READ_EVERY then).
+    fn read(&mut self) -> Turn {
         let lsn = insert_lsn();
         if self.caught_up_at_lsn == Some(lsn) {
             shmem::capture_caught_up();
-            return false;
+            return Turn::Idle;
         }
-        if self.caught_up_at_lsn.is_some()
-            && self.last_read.is_some_and(|t| t.elapsed() < READ_EVERY)
-        {
-            return false;
+        if self.caught_up_at_lsn.is_some() {
+            if let Some(pause) = self
+                .last_read
+                .and_then(|t| READ_EVERY.checked_sub(t.elapsed()))
+            {
+                return Turn::Later(pause);
+            }
         }
         self.last_read = Some(Instant::now());
         // Logical decoding reads only flushed WAL. Commits made with synchronous_commit = off
         // wait for the WAL writer (up to wal_writer_delay, 200 ms by default): flush them now.
+        // The insert position is where the next record goes: right after a page's header when
+        // the last record ended at the page's end, and that header is not written yet
+        // (XLogFlush raises an ERROR for it). Flush up to the page's start then.
+        let in_page = lsn % u64::from(pg_sys::XLOG_BLCKSZ);
+        let upto = if in_page <= PAGE_HEADER_MAX {
+            lsn - in_page
+        } else {
+            lsn
+        };
         // SAFETY: flushes the WAL up to a position already inserted (XLogFlush waits for
         // insertions in progress below it), as any committing backend does.
-        unsafe { pg_sys::XLogFlush(lsn) };
+        unsafe { pg_sys::XLogFlush(upto) };
         // SAFETY: reads the WAL flush position from shared memory; no timeline is asked for.
         let flushed = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
-        let read_upto = self.read_upto;
-        let advance = self
-            .last_advance
-            .is_none_or(|t| t.elapsed() >= ADVANCE_EVERY);
-        if advance {
-            self.last_advance = Some(Instant::now());
-        }
-        let progress = step(|| wal::step(READ_LIMIT, read_upto, advance));
-        if progress.changes > 0 && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
-            // SAFETY: writes one running-transactions WAL record, as the background writer does
-            // every 15 s; the slot's next advance can then move its restart point past it.
-            unsafe { pg_sys::LogStandbySnapshot() };
-            self.last_snapshot = Instant::now();
+        let reader = std::panic::AssertUnwindSafe(&mut self.wal);
+        let progress = step(move || {
+            let reader = reader;
+            let wal = match reader.0 {
+                Some(wal) => wal,
+                None => reader.0.insert(wal::Reader::open()?),
+            };
+            wal.step(flushed, READ_LIMIT)
+        });
+        // Committed: the slot may let go of what was read.
+        if let Some(wal) = &mut self.wal {
+            wal.confirm(progress.read_to);
         }
         if progress.caught_up {
             self.caught_up_at_lsn = Some(lsn);
-            self.read_upto = Some(flushed);
+            self.read_upto = Some(progress.read_to);
             shmem::capture_caught_up();
-            false
+            Turn::Idle
         } else {
             self.caught_up_at_lsn = None;
-            true
+            Turn::More
         }
     }
 

@@ -22,30 +22,85 @@ SETTINGS = {
     "webhook.retry_delays": f"'{RETRY_DELAYS}'",
     "webhook.timeout": "'2s'",
 }
+# WAL capture (SPEC §8): the same suite settings, changes read back from a logical slot.
+WAL_SETTINGS = {**SETTINGS, "wal_level": "logical", "webhook.capture": "'wal'"}
+# How long a committed change may take to reach the queue in WAL mode (it takes milliseconds;
+# the deadline only bounds a failure).
+SETTLE_TIMEOUT_S = 10.0
 
 _counter = itertools.count()
-_session_cluster = []
+_session_clusters = {}  # capture mode -> the session's cluster
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "both_modes: run the test against the trigger and the WAL cluster")
+    config.addinivalue_line("markers", "wal_mode: run the test against the WAL cluster only")
+
+
+def pytest_generate_tests(metafunc):
+    """`cluster` (and so `db`) is the trigger-mode cluster, unless the test is marked:
+    both_modes runs it once per capture mode ([trigger], [wal]), wal_mode in WAL mode only."""
+    if "cluster" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("both_modes"):
+        metafunc.parametrize("cluster", ["trigger", "wal"], indirect=True)
+    elif metafunc.definition.get_closest_marker("wal_mode"):
+        metafunc.parametrize("cluster", ["wal"], indirect=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """On a failure, attach the tail of the session cluster's server log to the report."""
+    """On a failure, attach the tail of the server log of the session cluster the test used."""
     outcome = yield
     report = outcome.get_result()
-    if report.failed and _session_cluster:
-        report.sections.append(("server log (last 60 lines)", _session_cluster[0].log_tail(60)))
+    if not report.failed:
+        return
+    used = getattr(item, "funcargs", {}).get("cluster")
+    if isinstance(used, Cluster):
+        report.sections.append((f"server log of the {used.capture} cluster (last 60 lines)", used.log_tail(60)))
+    elif _session_clusters:
+        for mode, c in _session_clusters.items():
+            report.sections.append((f"server log of the {mode} cluster (last 60 lines)", c.log_tail(60)))
 
 
-@pytest.fixture(scope="session")
-def cluster():
-    c = Cluster(SETTINGS).start()
-    _session_cluster.append(c)
+def _session_cluster(mode, settings):
+    c = Cluster(settings).start()
+    c.capture = mode
+    _session_clusters[mode] = c
     try:
         with c.connect() as conn:
             conn.execute("CREATE EXTENSION webhook")
+            if mode == "wal":  # the worker creates the slot within a second of CREATE EXTENSION
+                wait_until(lambda: one(conn, "SELECT count(*) FROM webhook.capture_lag") == 1, 20,
+                           "the WAL capture's slot")
         yield c
     finally:
         c.cleanup()
+
+
+@pytest.fixture(scope="session")
+def trigger_cluster():
+    yield from _session_cluster("trigger", SETTINGS)
+
+
+@pytest.fixture(scope="session")
+def wal_cluster():
+    yield from _session_cluster("wal", WAL_SETTINGS)
+
+
+@pytest.fixture
+def cluster(request):
+    """The session's cluster in the capture mode the test runs in (see pytest_generate_tests).
+    Function-scoped, as a parametrised fixture must be: a fixture of a wider scope asks for
+    trigger_cluster or wal_cluster by name."""
+    mode = getattr(request, "param", "trigger")
+    return request.getfixturevalue(f"{mode}_cluster")
+
+
+@pytest.fixture
+def capture_mode(cluster):
+    """'trigger' or 'wal': the mode of the cluster this test runs against."""
+    return cluster.capture
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +135,32 @@ def wait_until(predicate, timeout=10.0, what="condition", poll=0.05):
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def settle(conn, timeout=SETTLE_TIMEOUT_S):
+    """WAL mode: wait until the capture worker has queued every change committed before this
+    call (in trigger mode capture is part of the commit: returns at once).
+
+    The slot's confirmed position only moves to what is queued and committed, and it moves when
+    the worker reads; so: take the WAL insert position, then wait until the slot is confirmed
+    up to it, writing a tiny non-transactional WAL record now and then (which pgoutput ignores)
+    so that an idle worker has something to read and moves the slot."""
+    if one(conn, "SELECT current_setting('webhook.capture', true)") != "wal":
+        return
+    target = one(conn, "SELECT pg_current_wal_insert_lsn()")
+    deadline = time.monotonic() + timeout
+    while True:
+        done = one(conn, "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+                         " WHERE slot_name = 'webhook_' || (SELECT oid FROM pg_database"
+                         " WHERE datname = current_database())", target)
+        if done:
+            return
+        if time.monotonic() > deadline:
+            lag = conn.execute("SELECT * FROM webhook.capture_lag").fetchall()
+            raise AssertionError(f"the capture worker did not read up to {target} within {timeout}s"
+                                 f" (webhook.capture_lag: {lag})")
+        conn.execute("SELECT pg_logical_emit_message(false, 'webhook-e2e-settle', '')")
+        time.sleep(0.02)
 
 
 def wait_status(conn, delivery_id, status, timeout=15.0):

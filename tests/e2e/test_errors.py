@@ -73,9 +73,9 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def queued(cluster):
+def queued(trigger_cluster):
     """An endpoint with deliveries waiting (disabled, so they stay put) before the bad calls."""
-    with cluster.connect() as db:
+    with trigger_cluster.connect() as db:
         db.execute("CREATE TABLE bad_in (id int PRIMARY KEY, v text)")
         db.execute("CREATE TABLE bad_nokey (a int, b text)")
         db.execute("CREATE TABLE bad_other (id int PRIMARY KEY)")

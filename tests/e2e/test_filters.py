@@ -1,15 +1,16 @@
 """Subscription filters (SPEC §5): `changed`, `predicate`, UPDATEs that change nothing, sync
 behaviours, and the DDL guard that refuses schema changes a subscription cannot survive.
 
-Filters act in the capture trigger, so "not sent" is checked where it is decided, in the queue,
-right after the statement (no waiting); what is sent is checked at a real receiver with both
-signatures."""
+Filters act where a change is captured, so "not sent" is checked where it is decided, in the
+queue, right after the statement (in WAL mode once the capture worker has read up to it,
+`settle`); what is sent is checked at a real receiver with both signatures. Tests marked
+both_modes run against a trigger-mode and a WAL-mode cluster."""
 import json
 
 import psycopg
 import pytest
 
-from conftest import endpoint, make_table, one
+from conftest import endpoint, make_table, one, settle
 from harness import verify
 
 
@@ -23,6 +24,7 @@ def watched(db, receiver, name, ddl="id int PRIMARY KEY, v text", **watch):
 
 def queued(db, name):
     """What capture queued for the endpoint, oldest first: (operation, payload)."""
+    settle(db)
     return db.execute("SELECT operation, payload FROM webhook.deliveries WHERE endpoint = %s ORDER BY id",
                       (name,)).fetchall()
 
@@ -36,6 +38,7 @@ def received(receiver, name, count, secret):
     return sorted((r.json() for r in got), key=lambda b: json.dumps(b, sort_keys=True))
 
 
+@pytest.mark.both_modes
 def test_update_changing_nothing_is_never_sent(db, receiver, name):
     watched(db, receiver, name, ddl="id int PRIMARY KEY, v text, j json, n numeric")
     db.execute(f"""INSERT INTO {name} VALUES (1, 'a', '{{"x": 1}}', 1.5)""")
@@ -49,6 +52,7 @@ def test_update_changing_nothing_is_never_sent(db, receiver, name):
     assert ops[1][1]["meta"]["changed_fields"] == ["n"]
 
 
+@pytest.mark.both_modes
 def test_changed_sends_updates_of_named_columns_only(db, receiver, name):
     secret = watched(db, receiver, name, ddl="id int PRIMARY KEY, status text, note text, hidden text[] DEFAULT '{}'",
                      changed=["status"], visibility_column="hidden")
@@ -67,6 +71,7 @@ def test_changed_sends_updates_of_named_columns_only(db, receiver, name):
     assert visibility["meta"]["changed_fields"] == ["note"]
 
 
+@pytest.mark.both_modes
 def test_predicate_filters_and_rows_entering_or_leaving_become_insert_or_delete(db, receiver, name):
     secret = watched(db, receiver, name, ddl="id int PRIMARY KEY, status text, score int",
                      predicate="status = 'active' AND score > 10")
@@ -88,6 +93,7 @@ def test_predicate_filters_and_rows_entering_or_leaving_become_insert_or_delete(
     assert insert_2["data"] == {"id": 2, "status": "active", "score": 20}
 
 
+@pytest.mark.both_modes
 def test_predicate_runs_as_the_extension_owner_and_changes_with_watch(cluster, db, receiver, name):
     watched(db, receiver, name, ddl="id int PRIMARY KEY, v text")
     db.execute(f"CREATE FUNCTION public.{name}_ok(text) RETURNS boolean STABLE LANGUAGE sql AS $$ SELECT $1 <> 'skip' $$")
@@ -137,6 +143,7 @@ def test_bad_predicates_are_refused_and_change_nothing(db, receiver, name, predi
     assert one(db, "SELECT predicate FROM webhook.subscriptions WHERE endpoint = %s", name) == "id > 0"
 
 
+@pytest.mark.both_modes
 def test_behaviors(db, receiver, name):
     make_table(db, name, "id int PRIMARY KEY, v text, internal text")
     for b in ("append", "update_or_create", "mirror"):
@@ -157,6 +164,7 @@ def test_behaviors(db, receiver, name):
         db.execute("SELECT webhook.watch(%s, %s, behavior => 'upsert')", (name, f"{name}_append"))
 
 
+@pytest.mark.both_modes
 def test_delete_sends_the_primary_key_while_lookup_values_carry_the_lookup(db, receiver, name):
     """Rownd's own example: a delete's data is {"user_id": ...}, lookup_values the email."""
     secret = watched(db, receiver, name, ddl="user_id uuid PRIMARY KEY, email text, hidden text[]",
@@ -195,6 +203,7 @@ DDL = [
 ]
 
 
+@pytest.mark.both_modes
 @pytest.mark.parametrize("option,watch,column", GUARDED, ids=[g[0] for g in GUARDED])
 def test_ddl_that_would_break_a_subscription_is_refused(db, receiver, name, option, watch, column):
     ddl = "id int PRIMARY KEY, a text, b text, h text[]"
@@ -217,6 +226,7 @@ def test_ddl_that_would_break_a_subscription_is_refused(db, receiver, name, opti
     assert "b" not in queued(db, name)[1][1]["data"]
 
 
+@pytest.mark.both_modes
 def test_dropping_the_primary_key_of_a_default_lookup_is_refused_and_drop_table_cleans_up(db, receiver, name):
     watched(db, receiver, name)
     with pytest.raises(psycopg.errors.DependentObjectsStillExist, match="has no primary key"):

@@ -8,7 +8,9 @@ import datetime
 import json
 import time
 
-from conftest import SETTINGS, WAKE_DEADLINE_S, endpoint, make_table, one, wait_until, wait_worker_idle
+import pytest
+
+from conftest import SETTINGS, WAKE_DEADLINE_S, endpoint, make_table, one, settle, wait_until, wait_worker_idle
 from harness import Cluster, verify
 
 ID_CHARS = set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -25,6 +27,7 @@ def census(db, receiver, name, path=None, **options):
 
 def changes(db, name):
     """(id, message_id, status, attempts) of each change queued for the endpoint, in capture order."""
+    settle(db)
     return db.execute("SELECT id, message_id, status, attempts FROM webhook.deliveries WHERE endpoint = %s"
                       " ORDER BY id", (name,)).fetchall()
 
@@ -40,6 +43,7 @@ def wait_delivered(db, name, count, timeout=15):
                timeout, f"{count} changes of {name} to be delivered")
 
 
+@pytest.mark.both_modes
 def test_census_batches_consecutive_changes_of_one_subscription(db, receiver, name):
     """Changes queued while the endpoint was disabled go out as few messages as the rules allow:
     per subscription, consecutive changes with the same operation, at most batch_size each,
@@ -101,13 +105,15 @@ def test_census_batches_consecutive_changes_of_one_subscription(db, receiver, na
     first = by_message[message_of[ins[0]]].body.decode()
     assert first.startswith('{"api_version":1,"operation":"changed","sync_run_at":')
     assert first.endswith('"data":[{"id":1,"company":"Co 1"},{"id":2,"company":"Co 2"},{"id":3,"company":"Co 3"}]}')
-    # sync_run_at is the first record's occurred_at: the capturing transaction's start.
+    # sync_run_at is the first record's occurred_at (the capturing transaction's start, or in WAL
+    # mode its commit).
     at = datetime.datetime.fromisoformat(expected[message_of[ins[0]]]["sync_run_at"].replace("Z", "+00:00"))
     assert abs((datetime.datetime.now(datetime.timezone.utc) - at).total_seconds()) < 60
     assert one(db, "SELECT pending + failed FROM webhook.endpoint_stats WHERE endpoint = %s", name) == 0
     assert one(db, "SELECT delivered FROM webhook.endpoint_stats WHERE endpoint = %s", name) == 10
 
 
+@pytest.mark.both_modes
 def test_census_default_batch_is_100_records(db, receiver, name):
     make_table(db, name)
     census(db, receiver, name)
@@ -115,6 +121,7 @@ def test_census_default_batch_is_100_records(db, receiver, name):
     db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (name,))
     db.execute("SELECT webhook.watch(%s, %s)", (name, name))
     db.execute(f"INSERT INTO {name} SELECT g, 'v' FROM generate_series(1, 250) g")
+    settle(db)
     db.execute("SELECT webhook.alter_endpoint(%s, enabled => true)", (name,))
     wait_delivered(db, name, 250)
     sizes = sorted(len(r.json()["data"]) for r in receiver.received(f"/ok/{name}"))
@@ -123,6 +130,7 @@ def test_census_default_batch_is_100_records(db, receiver, name):
     assert records == list(range(1, 251))  # each change exactly once
 
 
+@pytest.mark.both_modes
 def test_census_retries_keep_the_message_and_redeliver_resends_it_whole(db, receiver, name):
     path = f"/flaky/2/{name}"
     make_table(db, name)
@@ -130,6 +138,7 @@ def test_census_retries_keep_the_message_and_redeliver_resends_it_whole(db, rece
     db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (name,))
     db.execute("SELECT webhook.watch(%s, %s)", (name, name))
     db.execute(f"INSERT INTO {name} SELECT g, 'v' || g FROM generate_series(1, 4) g")
+    settle(db)
     db.execute("SELECT webhook.alter_endpoint(%s, enabled => true)", (name,))
     wait_delivered(db, name, 4)
     got = receiver.received(path)
@@ -156,6 +165,7 @@ def test_census_retries_keep_the_message_and_redeliver_resends_it_whole(db, rece
     assert len(receiver.received(path)) == 4  # one request, not one per change
 
 
+@pytest.mark.both_modes
 def test_census_batch_never_waits_to_fill(db, receiver, name):
     """With the worker idle, a single change is sent at once, alone in its message."""
     make_table(db, name)
