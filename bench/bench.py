@@ -405,16 +405,45 @@ def machine_busy_s():
     return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK  # minus idle and iowait
 
 
-def process_cpu_s(pids):
+def process_cpu_s(pids, reaped=False):
+    """CPU seconds of the processes; with `reaped`, also of their children that exited and were
+    waited for (a postmaster's ended backends, this script's ended pgbench runs)."""
     total = 0.0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+            if reaped:
+                total += (int(fields[13]) + int(fields[14])) / CLK_TCK  # cutime + cstime
         except OSError:
             pass
     return total
+
+
+# The postmasters of figure 13's clusters (their processes are this run's own).
+OWN = {"postmasters": []}
+
+
+def own_cpu_s():
+    """CPU seconds of this run's own processes: this script and each cluster's postmaster, with
+    every process under them, live or ended (nginx and its worker, pgbench, the backends)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    roots = {os.getpid(), *OWN["postmasters"]}
+    mine = set(roots)
+    grew = True
+    while grew:
+        below = {p for p, pp in parent.items() if pp in mine} - mine
+        mine |= below
+        grew = bool(below)
+    return process_cpu_s(sorted(mine), reaped=True)
 
 
 def backend_pids(db, backend_type):
@@ -430,11 +459,18 @@ class Cpu:
         self.start = self._read()
 
     def _read(self):
-        return {"machine": machine_busy_s(), **{k: process_cpu_s(p) for k, p in self.pids.items()}}
+        return {"machine": machine_busy_s(), "own": own_cpu_s(),
+                **{k: process_cpu_s(p) for k, p in self.pids.items()}}
 
     def used(self):
+        """CPU seconds since the start: the machine's, the capture and delivery workers', and
+        `foreign`: the machine's minus this run's own processes' (another build or benchmark
+        on the machine; what a disturbed measurement shows)."""
         end = self._read()
-        return {k: end[k] - self.start[k] for k in end}
+        used = {k: end[k] - self.start[k] for k in end}
+        used["foreign"] = used.pop("machine") - used.pop("own")
+        used["machine"] = end["machine"] - self.start["machine"]
+        return used
 
 
 def endpoint_id(db, name):
@@ -519,6 +555,9 @@ def wal_capture(nginx, seconds, rounds, changes, latency_s):
         clusters["replica"] = new_cluster({"wal_level": "replica"})
         clusters["logical"] = new_cluster({"wal_level": "logical"})
         clusters["wal"] = new_cluster({"wal_level": "logical", "webhook.capture": "'wal'"})
+        for c in clusters.values():
+            with open(os.path.join(c.data, "postmaster.pid")) as f:
+                OWN["postmasters"].append(int(f.readline()))
         dbs = {k: c.connect() for k, c in clusters.items()}
         wal, trg = dbs["wal"], dbs["logical"]
         for db in dbs.values():
@@ -548,6 +587,17 @@ def wal_capture(nginx, seconds, rounds, changes, latency_s):
                                "c/d": "wal_level=logical, webhook.capture=wal: capture worker and slot"},
                   "c_note": "5 other tables of the cluster are watched (WAL path); none is written during (c)"}
 
+        disturbed = {}
+        section = {"cpu": Cpu(wal), "t": time.monotonic()}
+
+        def section_end(name):
+            """Foreign CPU during the section, as a share of the machine's (2 cores: 1.0 = both)."""
+            elapsed = time.monotonic() - section["t"]
+            foreign = section["cpu"].used()["foreign"]
+            disturbed[name] = {"seconds": elapsed, "foreign_cpu_s": foreign,
+                               "foreign_share": foreign / (elapsed * os.cpu_count())}
+            section.update(cpu=Cpu(wal), t=time.monotonic())
+
         # 13.1 single-row INSERTs, figure 1's pgbench workload, interleaved rounds in rotated order.
         variants = {"a_replica_unwatched": ("replica", "t1_plain"), "b_logical_unwatched": ("logical", "t1_plain"),
                     "c_wal_unwatched": ("wal", "t1_plain"), "d_wal_watched": ("wal", "t1_watched")}
@@ -572,6 +622,7 @@ def wal_capture(nginx, seconds, rounds, changes, latency_s):
                     run["sustained_tps"] = done / (done / tps + run["capture_catch_up_s"])
                 used = cpu.used()
                 run["machine_cpu_us_per_insert"] = used["machine"] / done * 1e6
+                run["foreign_cpu_s"] = used["foreign"]
                 if cname == "wal":
                     run["capture_worker_cpu_s"] = used["capture"]
                 runs[v].append(run)
@@ -594,6 +645,8 @@ def wal_capture(nginx, seconds, rounds, changes, latency_s):
             "capture_cpu_us_per_change": statistics.median(
                 x["capture_worker_cpu_s"] / x["transactions"] * 1e6 for x in runs["d_wal_watched"]),
         }
+
+        section_end("1_insert")
 
         # 13.2 100k-row INSERT ... SELECT and UPDATE: statement time, watched over unwatched.
         bulk_variants = {"trigger_unwatched": ("logical", "t2_plain"), "trigger_watched": ("logical", "t2_watched"),
@@ -632,6 +685,8 @@ def wal_capture(nginx, seconds, rounds, changes, latency_s):
         }
         wal.execute("TRUNCATE webhook.delivery, webhook.attempt")
         trg.execute("TRUNCATE webhook.delivery, webhook.attempt")
+
+        section_end("2_bulk")
 
         # 13.3 decode + sign + deliver throughput: `changes` rows committed in 1,000-row transactions.
         per_txn = 1000
@@ -697,15 +752,20 @@ def wal_capture(nginx, seconds, rounds, changes, latency_s):
                 throughput[f"{mode}_{fmt}"] = got
         result["3_throughput"] = {"changes": n, "transactions": txns, **throughput}
 
+        section_end("3_throughput")
+
         # 13.4 commit -> receipt latency, single-row commits at 50/s.
         commits = int(latency_s * 50)
         result["4_latency_ms"] = {"commits": commits, "wal": latency(wal, nginx, "t4_lat", commits=commits),
                                   "trigger": latency(trg, nginx, "t4_lat", commits=commits)}
+        section_end("4_latency")
+        result["disturbance"] = disturbed
         for db in dbs.values():
             db.close()
     finally:
         for c in clusters.values():
             c.cleanup()
+        OWN["postmasters"] = []
     return result
 
 
@@ -760,6 +820,11 @@ def wal_table(r):
         x = lat[mode]
         rows.append((f"13.4 latency at 50 commits/s, {mode} ({x['n']} commits)", f"p50 {x['p50']:.1f} ms, p99 {x['p99']:.1f} ms",
                      "<= 20 / <= 100 ms" if mode == "wal" else ""))
+    d = r.get("disturbance", {})
+    rows.append(("other processes' CPU (share of the machine) per section",
+                 ", ".join(f"{k.split('_', 1)[0]}: {v['foreign_share'] * 100:.0f}%" for k, v in d.items())
+                 + "; worst 13.1 round " + f"{max(x['foreign_cpu_s'] for g in one['runs'].values() for x in g):.1f} CPU s",
+                 ""))
     w0 = max(len(a) for a, _, _ in rows)
     w1 = max(len(b) for _, b, _ in rows)
     return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in rows)
