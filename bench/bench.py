@@ -427,23 +427,30 @@ OWN = {"postmasters": []}
 
 def own_cpu_s():
     """CPU seconds of this run's own processes: this script and each cluster's postmaster, with
-    every process under them, live or ended (nginx and its worker, pgbench, the backends)."""
-    parent = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-    roots = {os.getpid(), *OWN["postmasters"]}
-    mine = set(roots)
-    grew = True
-    while grew:
-        below = {p for p, pp in parent.items() if pp in mine} - mine
-        mine |= below
-        grew = bool(below)
-    return process_cpu_s(sorted(mine), reaped=True)
+    every process under them, live or ended (nginx and its worker, pgbench, the backends). An
+    exited process not yet waited for (a zombie) shows no CPU: wait for its parent to reap it."""
+    deadline = time.monotonic() + 2
+    while True:
+        parent, zombie = {}, set()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                parent[int(entry)] = int(fields[1])
+                if fields[0] == "Z":
+                    zombie.add(int(entry))
+        mine = {os.getpid(), *OWN["postmasters"]}
+        grew = True
+        while grew:
+            below = {p for p, pp in parent.items() if pp in mine} - mine
+            mine |= below
+            grew = bool(below)
+        if not (mine & zombie) or time.monotonic() > deadline:
+            return process_cpu_s(sorted(mine), reaped=True)
+        time.sleep(0.01)
 
 
 def backend_pids(db, backend_type):
