@@ -65,7 +65,7 @@ pub extern "C-unwind" fn webhook_capture_main(_arg: pg_sys::Datum) {
         }
         let turn = reader.turn(version_ok);
         if guc::capture() == Capture::Trigger && reader.finished() {
-            break;
+            return;
         }
         if let Turn::Later(pause) = turn {
             // Not waiting on the latch: commits meanwhile only set it, without a signal.
@@ -90,26 +90,31 @@ pub extern "C-unwind" fn webhook_capture_main(_arg: pg_sys::Datum) {
         }
         pgrx::check_for_interrupts!();
     }
+    // Stopped by SIGTERM with work left: at a shutdown PostgreSQL starts no worker again, but
+    // the SIGTERM may come from PostgreSQL invalidating the slot this worker holds (past
+    // max_slot_wal_keep_size) or from pg_terminate_backend. Exit code 1 has the worker started
+    // again a second later (code 0 would end it for good); it then finds the slot lost.
+    drop(reader);
+    // SAFETY: ends the process as PostgreSQL's own exit path does, outside any transaction;
+    // the slot is released by PostgreSQL's exit callbacks.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 /// The size of the longest WAL page header (SizeOfXLogLongPHD, at a segment's start).
 const PAGE_HEADER_MAX: u64 = 40;
 /// Messages read from the slot per transaction (whole transactions: a large one is read whole).
-const READ_LIMIT: i64 = 5_000;
-/// While the WAL grows only by a little, read at most this often (each read decodes the WAL
-/// from the slot's restart point).
+const READ_LIMIT: usize = 5_000;
+/// While the WAL keeps growing, read at most this often: a read is a transaction of the
+/// worker's, and a larger batch costs less per change.
 const READ_EVERY: Duration = Duration::from_millis(5);
-/// How often a running-transactions record is written while changes flow, so that the slot's
-/// restart point (and what each read decodes again) keeps up.
-const SNAPSHOT_EVERY: Duration = Duration::from_millis(200);
-/// How often the slot is moved up to what is queued (each move decodes from its restart point).
-const ADVANCE_EVERY: Duration = Duration::from_millis(100);
 /// How often the slot, the modes of the tables and the lag alert are looked at.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 pub struct WalReader {
     /// The slot, its position row and the publication exist (WAL mode).
     ready: bool,
+    /// The open decoding context (holding the slot), once the first read opened it.
+    wal: Option<wal::Reader>,
     /// A slot is left to read (trigger mode after WAL mode).
     draining: bool,
     warned_wal_level: bool,
@@ -119,8 +124,6 @@ pub struct WalReader {
     /// that committed before it is queued (or skipped as not watched).
     read_upto: Option<u64>,
     last_read: Option<Instant>,
-    last_advance: Option<Instant>,
-    last_snapshot: Instant,
     last_look: Option<Instant>,
 }
 
@@ -150,13 +153,12 @@ impl WalReader {
     pub fn new() -> WalReader {
         WalReader {
             ready: false,
+            wal: None,
             draining: false,
             warned_wal_level: false,
             caught_up_at_lsn: None,
             read_upto: None,
             last_read: None,
-            last_advance: None,
-            last_snapshot: Instant::now(),
             last_look: None,
         }
     }
@@ -175,6 +177,7 @@ impl WalReader {
         let installed = ready || (look_due && step(super::claim::schema_version).is_some());
         if !installed && look_due {
             // DROP EXTENSION cannot drop a slot: the worker does.
+            self.wal = None;
             if step(wal::slot::exists) {
                 step(wal::slot::drop_all);
                 log!("webhook: dropped the WAL capture's slot and publication (the extension is gone)");
@@ -241,6 +244,7 @@ impl WalReader {
                 Spi::run("DELETE FROM webhook.capture_state")?;
                 Ok(())
             });
+            self.wal = None;
             step(wal::slot::drop_all);
             log!(
                 "webhook: WAL capture's slot read up to where the triggers took over, and dropped"
@@ -320,23 +324,22 @@ impl WalReader {
         unsafe { pg_sys::XLogFlush(upto) };
         // SAFETY: reads the WAL flush position from shared memory; no timeline is asked for.
         let flushed = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
-        let read_upto = self.read_upto;
-        let advance = self
-            .last_advance
-            .is_none_or(|t| t.elapsed() >= ADVANCE_EVERY);
-        if advance {
-            self.last_advance = Some(Instant::now());
-        }
-        let progress = step(|| wal::step(READ_LIMIT, read_upto, advance));
-        if progress.changes > 0 && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
-            // SAFETY: writes one running-transactions WAL record, as the background writer does
-            // every 15 s; the slot's next advance can then move its restart point past it.
-            unsafe { pg_sys::LogStandbySnapshot() };
-            self.last_snapshot = Instant::now();
+        let reader = std::panic::AssertUnwindSafe(&mut self.wal);
+        let progress = step(move || {
+            let reader = reader;
+            let wal = match reader.0 {
+                Some(wal) => wal,
+                None => reader.0.insert(wal::Reader::open()?),
+            };
+            wal.step(flushed, READ_LIMIT)
+        });
+        // Committed: the slot may let go of what was read.
+        if let Some(wal) = &mut self.wal {
+            wal.confirm(progress.read_to);
         }
         if progress.caught_up {
             self.caught_up_at_lsn = Some(lsn);
-            self.read_upto = Some(flushed);
+            self.read_upto = Some(progress.read_to);
             shmem::capture_caught_up();
             Turn::Idle
         } else {

@@ -2,11 +2,11 @@
 //! replication slot (the built-in `pgoutput` plugin) and queues them through the same code as
 //! the capture trigger (`super::queue_change`), so both modes send the same payloads.
 //!
-//! Reading is peek → queue → commit → advance. A slot is not transactional, so the end LSN of
-//! the last transaction whose changes were queued is stored in `webhook.capture_state`, in the
-//! same transaction as the queue rows: a transaction read again after a crash is skipped, and
-//! its changes keep the webhook-ids they were queued with. The slot is advanced to that
-//! position at the start of the next step, when it is committed.
+//! Reading is decode → queue → commit → confirm (`decoder`: one decoding context, kept open).
+//! A slot is not transactional, so the end LSN of the last transaction whose changes were
+//! queued is stored in `webhook.capture_state`, in the same transaction as the queue rows: a
+//! transaction read again after a crash is skipped, and its changes keep the webhook-ids they
+//! were queued with. The slot is confirmed up to what was read once that transaction committed.
 //!
 //! Each change is rendered with a descriptor of the columns it was made with (the `Relation`
 //! message), laid out at the table's current attribute numbers wherever a column of the same
@@ -14,6 +14,7 @@
 //! columns it names (which the DDL guard keeps), while `to_jsonb` renders the columns the row
 //! had when it was written.
 
+mod decoder;
 mod pgoutput;
 pub mod slot;
 
@@ -23,6 +24,7 @@ use super::{queue_change, table, Plan};
 use crate::error::{Result, WebhookError};
 use crate::shmem;
 use crate::subscription::TableShape;
+use decoder::Decoder;
 use pgoutput::{Column, Message, Value};
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
@@ -468,14 +470,15 @@ pub fn lag_ms() -> Option<i64> {
 
 /// What one step did.
 pub struct Progress {
-    /// Row changes read from the WAL (queued or not).
-    pub changes: usize,
-    /// Whether the read reached the end of the WAL (fewer messages than asked for).
+    /// Whether the read reached the position asked for.
     pub caught_up: bool,
+    /// Every transaction that committed before this position was read (and its changes
+    /// queued, or skipped as not watched).
+    pub read_to: u64,
 }
 
-/// Messages fetched from the slot at a time (and queued in one subtransaction).
-const FETCH: i64 = 1000;
+/// Messages queued in one subtransaction.
+const CHUNK: usize = 1000;
 
 /// The transaction being read.
 struct Txn {
@@ -504,7 +507,7 @@ fn parse(data: &[u8]) -> Result<Message<'_>> {
 /// Queue the changes of one fetch in a subtransaction; if that fails, queue them one by one,
 /// each in a subtransaction of its own, and skip (with a WARNING naming it) any that fails,
 /// as the trigger would have failed the write that made it. True when a worker needs waking.
-fn queue_all(work: &[Work], rows: &[(i64, Vec<u8>)], memory: &Memory) -> Result<bool> {
+fn queue_all(work: &[Work], rows: &[(u64, Vec<u8>)], memory: &Memory) -> Result<bool> {
     let one = |w: &Work| -> Result<bool> {
         let message = parse(&rows[w.row].1)?;
         let wake = memory.run(|| apply(&w.plan, &message, w.lsn, &w.occurred_at));
@@ -535,65 +538,59 @@ fn queue_all(work: &[Work], rows: &[(i64, Vec<u8>)], memory: &Memory) -> Result<
     Ok(wake)
 }
 
-/// Read up to about `limit` messages from the slot and queue their changes, in the caller's
-/// transaction. With `advance`, the slot is first moved to what is committed: the end of the
-/// last transaction queued, or `read_upto`, a position an earlier (committed) step read the
-/// WAL up to. (Advancing decodes too; without it, transactions already queued are read again
-/// and skipped.)
-pub fn step(limit: i64, read_upto: Option<u64>, advance: bool) -> Result<Progress> {
-    let slot = slot::name();
-    let applied = slot::applied_lsn(&slot)?;
-    if advance {
-        decoding(|| slot::advance(&slot, applied.max(read_upto.unwrap_or(0))))?;
+/// The capture worker's reading state: the open decoding context and the relations pgoutput
+/// has described (it describes each once, and again after an invalidation).
+pub struct Reader {
+    decoder: Decoder,
+    relations: HashMap<u32, (String, String, Vec<Column>)>,
+    /// The transaction being read (a read ends after whole records, and so whole transactions,
+    /// but one may still be open when a read ends early).
+    txn: Option<Txn>,
+}
+
+impl Reader {
+    /// Take the slot and open a decoding context at its confirmed position (in a transaction).
+    pub fn open() -> Result<Reader> {
+        Ok(Reader {
+            decoder: decoding(Decoder::open)?,
+            relations: HashMap::new(),
+            txn: None,
+        })
     }
-    let memory = Memory::new(c"webhook wal change");
-    let mut relations: HashMap<u32, (String, String, Vec<Column>)> = HashMap::new();
-    let mut txn: Option<Txn> = None;
-    let mut messages = 0usize;
-    let mut changes = 0usize;
-    let mut last_end = applied;
-    let mut wake = false;
-    let mut accepted_upto = 0u64;
-    Spi::connect(|client| {
-        let mut cursor = client.open_cursor(slot::PEEK_SQL, &[slot.as_str().into(), limit.into()]);
-        let mut first = true;
-        loop {
-            // The first fetch decodes (the function reads the slot whole into a tuplestore).
-            let fetched = if first {
-                decoding(|| cursor.fetch(FETCH))
-            } else {
-                cursor.fetch(FETCH)
-            };
-            first = false;
-            let rows: Vec<(i64, Vec<u8>)> = fetched?
-                .map(|r| {
-                    Ok((
-                        crate::error::not_null::<i64>(&r, "lsn")?,
-                        crate::error::not_null::<Vec<u8>>(&r, "data")?,
-                    ))
-                })
-                .collect::<Result<_>>()?;
-            if rows.is_empty() {
-                break;
-            }
-            messages += rows.len();
+
+    /// After the step's transaction committed: every transaction before `lsn` is queued.
+    pub fn confirm(&mut self, lsn: u64) {
+        self.decoder.confirm(lsn);
+    }
+
+    /// Decode the WAL up to `end` (flushed), or about `limit` messages, and queue the changes,
+    /// in the caller's transaction; call `confirm` with `Progress::read_to` once it committed.
+    pub fn step(&mut self, end: u64, limit: usize) -> Result<Progress> {
+        let slot = slot::name();
+        let applied = slot::applied_lsn(&slot)?;
+        let read = decoding(|| self.decoder.read(end, limit))?;
+        let memory = Memory::new(c"webhook wal change");
+        let mut last_end = applied;
+        let mut wake = false;
+        let mut accepted_upto = 0u64;
+        for chunk in read.messages.chunks(CHUNK) {
             // First what to queue, then queue it: a change that cannot be queued (its
             // predicate raises an error, say) must not stop capture at that LSN for good.
             let mut work: Vec<Work> = Vec::new();
-            for (row, (lsn, data)) in rows.iter().enumerate() {
+            for (row, (lsn, data)) in chunk.iter().enumerate() {
                 match parse(data)? {
                     Message::Begin {
                         final_lsn,
                         commit_time,
                         ..
                     } => {
-                        txn = Some(Txn {
+                        self.txn = Some(Txn {
                             skip: final_lsn < applied,
                             occurred_at: super::rfc3339(commit_time).into(),
                         });
                     }
                     Message::Commit { end_lsn, .. } => {
-                        if txn.take().is_some_and(|t| !t.skip) {
+                        if self.txn.take().is_some_and(|t| !t.skip) {
                             last_end = last_end.max(end_lsn);
                         }
                     }
@@ -604,16 +601,15 @@ pub fn step(limit: i64, read_upto: Option<u64>, advance: bool) -> Result<Progres
                         columns,
                         ..
                     } => {
-                        relations.insert(relid, (namespace, name, columns));
+                        self.relations.insert(relid, (namespace, name, columns));
                     }
                     Message::Insert { relid, .. }
                     | Message::Update { relid, .. }
                     | Message::Delete { relid, .. } => {
-                        changes += 1;
-                        let Some(t) = txn.as_ref().filter(|t| !t.skip) else {
+                        let Some(t) = self.txn.as_ref().filter(|t| !t.skip) else {
                             continue;
                         };
-                        let Some((namespace, name, columns)) = relations.get(&relid) else {
+                        let Some((namespace, name, columns)) = self.relations.get(&relid) else {
                             return Err(WebhookError::Internal(format!(
                                 "WAL capture: a change of relation {relid} came before its description"
                             )));
@@ -621,7 +617,7 @@ pub fn step(limit: i64, read_upto: Option<u64>, advance: bool) -> Result<Progres
                         // A subscription or hand-made trigger committed before this change
                         // sent its invalidation before the change was written: take in every
                         // invalidation sent before the WAL's current end, once per stretch.
-                        if (*lsn as u64) >= accepted_upto {
+                        if *lsn >= accepted_upto {
                             accepted_upto = insert_lsn();
                             // SAFETY: processes pending catalog invalidations, as acquiring a
                             // lock does; inside the step's transaction.
@@ -631,7 +627,7 @@ pub fn step(limit: i64, read_upto: Option<u64>, advance: bool) -> Result<Progres
                             work.push(Work {
                                 plan,
                                 row,
-                                lsn: *lsn as u64,
+                                lsn: *lsn,
                                 occurred_at: t.occurred_at.clone(),
                             });
                         }
@@ -639,20 +635,19 @@ pub fn step(limit: i64, read_upto: Option<u64>, advance: bool) -> Result<Progres
                     Message::Other(_) => {}
                 }
             }
-            wake |= queue_all(&work, &rows, &memory)?;
+            wake |= queue_all(&work, chunk, &memory)?;
         }
-        Ok::<_, WebhookError>(())
-    })?;
-    if last_end > applied {
-        Spi::connect_mut(|client| slot::record_applied(client, &slot, last_end))?;
+        if last_end > applied {
+            Spi::connect_mut(|client| slot::record_applied(client, &slot, last_end))?;
+        }
+        if wake {
+            shmem::wake_workers_at_commit();
+        }
+        Ok(Progress {
+            caught_up: read.reached,
+            read_to: read.upto,
+        })
     }
-    if wake {
-        shmem::wake_workers_at_commit();
-    }
-    Ok(Progress {
-        changes,
-        caught_up: (messages as i64) < limit,
-    })
 }
 
 /// Read or advance the slot with `f`: without the LOG lines PostgreSQL writes each time logical

@@ -8,12 +8,6 @@ use pgrx::spi::SpiClient;
 /// The publication listing the watched tables (SPEC §8). One per database.
 pub const PUBLICATION: &str = "webhook_capture";
 
-/// The slot's rows: each pgoutput message with the LSN PostgreSQL reports for it.
-pub(super) const PEEK_SQL: &str =
-    "SELECT (lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.int8 AS lsn, data
-    FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, NULL, $2::pg_catalog.int4,
-        'proto_version', '1', 'publication_names', 'webhook_capture')";
-
 /// The slot of this database: slot names are cluster-wide, so it carries the database OID.
 pub fn name() -> String {
     // SAFETY: a plain read of MyDatabaseId, set when the worker connected to its database.
@@ -40,21 +34,6 @@ pub(super) fn applied_lsn(slot: &str) -> Result<u64> {
     )?;
     lsn.map(|l| l as u64).ok_or_else(|| {
         WebhookError::Internal(format!("webhook.capture_state has no row for slot {slot}"))
-    })
-}
-
-/// Move the slot up to `lsn` (never back), so the WAL before it can be recycled.
-pub(super) fn advance(slot: &str, lsn: u64) -> Result<()> {
-    Spi::connect(|c| {
-        c.select(
-            "SELECT pg_catalog.pg_replication_slot_advance($1, $2::pg_catalog.pg_lsn)
-             FROM pg_catalog.pg_replication_slots
-             WHERE slot_name OPERATOR(pg_catalog.=) $1
-               AND confirmed_flush_lsn OPERATOR(pg_catalog.<) $2::pg_catalog.pg_lsn",
-            None,
-            &[slot.into(), lsn_text(lsn).into()],
-        )?;
-        Ok(())
     })
 }
 
