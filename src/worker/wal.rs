@@ -58,10 +58,13 @@ pub extern "C-unwind" fn webhook_capture_main(_arg: pg_sys::Datum) {
     shmem::publish_capture_latch();
     let mut reader = WalReader::new();
     let mut version_ok = false;
+    let mut version_checked: Option<Instant> = None;
     while !super::shutdown_requested() {
         super::reload_config_if_asked();
-        if !version_ok {
+        // Looked at again every second: the extension may be dropped (or updated) meanwhile.
+        if !version_ok || version_checked.is_none_or(|t| t.elapsed() >= LOOK_EVERY) {
             version_ok = step(super::claim::schema_version).as_deref() == Some(super::VERSION);
+            version_checked = Some(Instant::now());
         }
         let turn = reader.turn(version_ok);
         if guc::capture() == Capture::Trigger && reader.finished() {

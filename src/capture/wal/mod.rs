@@ -589,7 +589,12 @@ impl Reader {
     /// in the caller's transaction; call `confirm` with `Progress::read_to` once it committed.
     pub fn step(&mut self, end: u64, limit: usize) -> Result<Progress> {
         let slot = slot::name();
-        let applied = slot::applied_lsn(&slot)?;
+        let Some(applied) = slot::applied_lsn(&slot)? else {
+            return Ok(Progress {
+                caught_up: true,
+                read_to: 0,
+            });
+        };
         let read = decoding(|| self.decoder.read(end, limit))?;
         let memory = Memory::new(c"webhook wal change");
         let mut last_end = applied;
