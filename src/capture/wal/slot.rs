@@ -26,21 +26,22 @@ pub struct SlotState {
 }
 
 /// The end of the last transaction whose changes are queued.
-/// None once the extension is gone (DROP EXTENSION: the worker then drops the slot).
-pub(super) fn applied_lsn(slot: &str) -> Result<Option<u64>> {
-    let installed = read_one::<bool>(
+/// Whether the extension's tables are still there (DROP EXTENSION: the worker then drops the
+/// slot).
+pub(super) fn installed() -> Result<bool> {
+    Ok(read_one::<bool>(
         "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
         "webhook.capture_state",
-    )?;
-    if installed != Some(true) {
-        return Ok(None);
-    }
+    )? == Some(true))
+}
+
+pub(super) fn applied_lsn(slot: &str) -> Result<u64> {
     let lsn = read_one::<i64>(
         "SELECT (applied_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.int8
          FROM webhook.capture_state WHERE slot_name OPERATOR(pg_catalog.=) $1",
         slot,
     )?;
-    lsn.map(|l| Some(l as u64)).ok_or_else(|| {
+    lsn.map(|l| l as u64).ok_or_else(|| {
         WebhookError::Internal(format!("webhook.capture_state has no row for slot {slot}"))
     })
 }
