@@ -373,6 +373,463 @@ def new_cluster(extra=None):
     return c
 
 
+# ---------------------------------------------------------------------------------------------
+# Figure 13: WAL capture (webhook.capture = 'wal', SPEC §8) against baselines in the same run.
+
+INSERT_ONE = "INSERT INTO {t} (name, email, score, amount) VALUES ('n', 'e@x.y', 42, 3.14);\n"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def pgbench_count(cluster, script, seconds, clients=2):
+    """pgbench as figure 1 runs it; returns (tps, transactions processed)."""
+    path = tempfile.mktemp(suffix=".sql")
+    with open(path, "w") as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres",
+             "-c", str(clients), "-j", str(clients), "-T", str(seconds), "-f", path, "postgres"],
+            check=True, capture_output=True, text=True).stdout
+    finally:
+        os.unlink(path)
+    tps = float(next(line for line in out.splitlines() if line.startswith("tps")).split()[2])
+    done = int(next(line for line in out.splitlines()
+                    if line.startswith("number of transactions actually processed")).split(":")[1].split("/")[0])
+    return tps, done
+
+
+def machine_busy_s():
+    """CPU seconds the whole machine spent busy (all cores) since boot."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK  # minus idle and iowait
+
+
+def process_cpu_s(pids, reaped=False):
+    """CPU seconds of the processes; with `reaped`, also of their children that exited and were
+    waited for (a postmaster's ended backends, this script's ended pgbench runs)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+            if reaped:
+                total += (int(fields[13]) + int(fields[14])) / CLK_TCK  # cutime + cstime
+        except OSError:
+            pass
+    return total
+
+
+# The postmasters of figure 13's clusters (their processes are this run's own).
+OWN = {"postmasters": []}
+
+
+def own_cpu_s():
+    """CPU seconds of this run's own processes: this script and each cluster's postmaster, with
+    every process under them, live or ended (nginx and its worker, pgbench, the backends)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    roots = {os.getpid(), *OWN["postmasters"]}
+    mine = set(roots)
+    grew = True
+    while grew:
+        below = {p for p, pp in parent.items() if pp in mine} - mine
+        mine |= below
+        grew = bool(below)
+    return process_cpu_s(sorted(mine), reaped=True)
+
+
+def backend_pids(db, backend_type):
+    return [r[0] for r in db.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = %s", (backend_type,))]
+
+
+class Cpu:
+    """CPU seconds of the machine, the capture worker and the delivery workers between two reads."""
+
+    def __init__(self, db):
+        self.pids = {"capture": backend_pids(db, "webhook capture worker"),
+                     "delivery": backend_pids(db, "webhook delivery worker")}
+        self.start = self._read()
+
+    def _read(self):
+        return {"machine": machine_busy_s(), "own": own_cpu_s(),
+                **{k: process_cpu_s(p) for k, p in self.pids.items()}}
+
+    def used(self):
+        """CPU seconds since the start: the machine's, the capture and delivery workers', and
+        `foreign`: the machine's minus this run's own processes' (another build or benchmark
+        on the machine; what a disturbed measurement shows)."""
+        end = self._read()
+        used = {k: end[k] - self.start[k] for k in end}
+        used["foreign"] = used.pop("machine") - used.pop("own")
+        used["machine"] = end["machine"] - self.start["machine"]
+        return used
+
+
+def endpoint_id(db, name):
+    return db.execute("SELECT id FROM webhook.endpoint WHERE name = %s", (name,)).fetchone()[0]
+
+
+def changes_queued(db, endpoint):
+    """Changes queued for the endpoint (a census batch's own row is not a change)."""
+    return db.execute("SELECT count(*) FROM webhook.delivery WHERE endpoint_id = %s AND records IS NULL",
+                      (endpoint_id(db, endpoint),)).fetchone()[0]
+
+
+def wait_queued(db, endpoint, rows, limit_s):
+    """Poll until `rows` changes are queued for the endpoint; returns time.time() when seen."""
+    deadline = time.monotonic() + limit_s
+    while changes_queued(db, endpoint) < rows:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"WAL figure: {rows} changes for {endpoint} not queued in {limit_s} s")
+        time.sleep(0.02)
+    return time.time()
+
+
+def wait_capture_idle(db, limit_s=120):
+    """WAL mode: wait until the capture worker has read the WAL to its end at some moment after
+    this call (so what was committed before it is decoded); returns the seconds waited."""
+    start = time.monotonic()
+    since = db.execute("SELECT clock_timestamp()").fetchone()[0]
+    while True:
+        caught_up = db.execute("SELECT clock_timestamp() - lag_ms * interval '1 ms' > %s FROM webhook.capture_lag",
+                               (since,)).fetchone()[0]
+        if caught_up:
+            return time.monotonic() - start
+        if time.monotonic() - start > limit_s:
+            raise RuntimeError(f"WAL figure: the capture worker did not catch up in {limit_s} s")
+        time.sleep(0.02)
+
+
+def wait_sent(db, endpoint, limit_s):
+    deadline = time.monotonic() + limit_s
+    while queued(db, endpoint):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"WAL figure: {endpoint} did not drain in {limit_s} s")
+        time.sleep(0.05)
+
+
+def log_size(nginx):
+    try:
+        return os.path.getsize(f"{nginx.dir}/access.log")
+    except OSError:
+        return 0
+
+
+def last_receipt(db, nginx, endpoint, offset):
+    """The nginx time (epoch s) of the last request for the endpoint logged after byte `offset`,
+    and the number of its requests."""
+    ids = {r[0] for r in db.execute("SELECT DISTINCT message_id FROM webhook.delivery WHERE endpoint_id = %s",
+                                    (endpoint_id(db, endpoint),))}
+    deadline = time.monotonic() + 10
+    while True:
+        time.sleep(0.3)  # nginx flushes its log buffer every 200 ms
+        with open(f"{nginx.dir}/access.log") as f:
+            f.seek(offset)
+            times = [float(p[0]) for p in (line.split() for line in f) if len(p) == 2 and p[1] in ids]
+        if len(times) >= len(ids) or time.monotonic() > deadline:
+            return max(times), len(times)
+
+
+def median_spread(values):
+    med = statistics.median(values)
+    return {"median": med, "min": min(values), "max": max(values),
+            "spread_pct": (max(values) - min(values)) / med * 100 if med else None}
+
+
+def wal_capture(nginx, seconds, rounds, changes, latency_s):
+    """Figure 13: WAL capture against the same work in trigger mode and on unwatched tables, all
+    measured in this run. Three clusters run side by side (two of them idle while the third is
+    measured): `replica` (wal_level = replica, trigger mode), `logical` (wal_level = logical,
+    trigger mode, no slot) and `wal` (wal_level = logical, webhook.capture = 'wal': the
+    capture worker runs and its slot exists). Every endpoint points at the nginx receiver."""
+    clusters = {}
+    try:
+        clusters["replica"] = new_cluster({"wal_level": "replica"})
+        clusters["logical"] = new_cluster({"wal_level": "logical"})
+        clusters["wal"] = new_cluster({"wal_level": "logical", "webhook.capture": "'wal'"})
+        for c in clusters.values():
+            with open(os.path.join(c.data, "postmaster.pid")) as f:
+                OWN["postmasters"].append(int(f.readline()))
+        dbs = {k: c.connect() for k, c in clusters.items()}
+        wal, trg = dbs["wal"], dbs["logical"]
+        for db in dbs.values():
+            db.execute(f"CREATE TABLE t1_plain ({COLUMNS})")
+        for name, db in (("wal", wal), ("trigger", trg)):
+            db.execute(f"CREATE TABLE t1_watched ({COLUMNS})")
+            db.execute(f"CREATE TABLE t2_plain ({COLUMNS})")
+            db.execute(f"CREATE TABLE t2_watched ({COLUMNS})")
+            db.execute(f"CREATE TABLE t4_lat ({COLUMNS})")
+            for ep, table, fmt in (("e1", "t1_watched", "rownd"), ("e2", "t2_watched", "rownd"),
+                                   ("e3_rownd", "t3_rownd", "rownd"), ("e3_census", "t3_census", "census"),
+                                   ("e4", "t4_lat", "rownd")):
+                if ep.startswith("e3"):
+                    db.execute(f"CREATE TABLE {table} ({COLUMNS})")
+                db.execute("SELECT webhook.create_endpoint(%s, %s, format => %s)",
+                           (ep, nginx.url(f"/wal13-{name}-{ep}"), fmt))
+                db.execute("SELECT webhook.watch(%s, %s)", (table, ep))
+            for ep in ("e1", "e2"):  # the write path alone, as figures 1 and 2
+                db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (ep,))
+        mode, slots, triggers = wal.execute(
+            "SELECT current_setting('webhook.capture'), (SELECT count(*) FROM pg_replication_slots),"
+            " (SELECT count(*) FROM pg_trigger WHERE tgname = 'webhook_capture')").fetchone()
+        assert (mode, slots, triggers) == ("wal", 1, 0), (mode, slots, triggers)
+        assert trg.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'webhook_capture'").fetchone()[0] == 5
+        assert dbs["logical"].execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+        result = {"clusters": {"a": "wal_level=replica, trigger mode", "b": "wal_level=logical, trigger mode, no slot",
+                               "c/d": "wal_level=logical, webhook.capture=wal: capture worker and slot"},
+                  "c_note": "5 other tables of the cluster are watched (WAL path); none is written during (c)"}
+
+        disturbed = {}
+        section = {"cpu": Cpu(wal), "t": time.monotonic()}
+
+        def section_end(name):
+            """Foreign CPU during the section, as a share of the machine's (2 cores: 1.0 = both)."""
+            elapsed = time.monotonic() - section["t"]
+            foreign = section["cpu"].used()["foreign"]
+            disturbed[name] = {"seconds": elapsed, "foreign_cpu_s": foreign,
+                               "foreign_share": foreign / (elapsed * os.cpu_count())}
+            section.update(cpu=Cpu(wal), t=time.monotonic())
+
+        # 13.1 single-row INSERTs, figure 1's pgbench workload, interleaved rounds in rotated order.
+        variants = {"a_replica_unwatched": ("replica", "t1_plain"), "b_logical_unwatched": ("logical", "t1_plain"),
+                    "c_wal_unwatched": ("wal", "t1_plain"), "d_wal_watched": ("wal", "t1_watched")}
+        runs = {v: [] for v in variants}
+        names = list(variants)
+        for r in range(rounds):
+            for v in names[r % len(names):] + names[:r % len(names)]:
+                cname, table = variants[v]
+                db = dbs[cname]
+                before = changes_queued(wal, "e1") if v == "d_wal_watched" else 0
+                cpu = Cpu(db)
+                tps, done = pgbench_count(clusters[cname], INSERT_ONE.format(t=table), seconds)
+                run = {"tps": tps, "transactions": done}
+                if cname == "wal":
+                    # What the capture worker has left to read counts against this variant, not the next.
+                    start = time.monotonic()
+                    if v == "d_wal_watched":
+                        wait_queued(wal, "e1", before + done, 300)
+                    wait_capture_idle(wal)
+                    run["capture_catch_up_s"] = time.monotonic() - start
+                    # Sustained rate: the transactions over pgbench's time plus the catch-up.
+                    run["sustained_tps"] = done / (done / tps + run["capture_catch_up_s"])
+                used = cpu.used()
+                run["machine_cpu_us_per_insert"] = used["machine"] / done * 1e6
+                run["foreign_cpu_s"] = used["foreign"]
+                if cname == "wal":
+                    run["capture_worker_cpu_s"] = used["capture"]
+                runs[v].append(run)
+                if v == "d_wal_watched":
+                    wal.execute("TRUNCATE webhook.delivery, webhook.attempt")
+        tps = {v: median_spread([x["tps"] for x in got]) for v, got in runs.items()}
+        med = {v: s["median"] for v, s in tps.items()}
+        sustained_d = statistics.median(x["sustained_tps"] for x in runs["d_wal_watched"])
+        sustained_c = statistics.median(x["sustained_tps"] for x in runs["c_wal_unwatched"])
+        cpu_per = {v: statistics.median(x["machine_cpu_us_per_insert"] for x in got) for v, got in runs.items()}
+        result["1_insert"] = {
+            "seconds": seconds, "rounds": rounds, "tps": tps, "runs": runs,
+            "machine_cpu_us_per_insert": cpu_per,
+            "d_vs_c": med["d_wal_watched"] / med["c_wal_unwatched"],
+            "d_vs_b": med["d_wal_watched"] / med["b_logical_unwatched"],
+            "c_vs_b": med["c_wal_unwatched"] / med["b_logical_unwatched"],
+            "b_vs_a": med["b_logical_unwatched"] / med["a_replica_unwatched"],
+            "d_vs_c_per_round": [d["tps"] / c["tps"] for d, c in zip(runs["d_wal_watched"], runs["c_wal_unwatched"])],
+            "sustained_d_vs_c": sustained_d / sustained_c,
+            "capture_cpu_us_per_change": statistics.median(
+                x["capture_worker_cpu_s"] / x["transactions"] * 1e6 for x in runs["d_wal_watched"]),
+        }
+
+        section_end("1_insert")
+
+        # 13.2 100k-row INSERT ... SELECT and UPDATE: statement time, watched over unwatched.
+        bulk_variants = {"trigger_unwatched": ("logical", "t2_plain"), "trigger_watched": ("logical", "t2_watched"),
+                         "wal_unwatched": ("wal", "t2_plain"), "wal_watched": ("wal", "t2_watched")}
+        bulk = {f"{s}_{v}": [] for v in bulk_variants for s in ("insert", "update")}
+        wal_queue = {"insert": [], "update": []}
+        names = list(bulk_variants)
+        for r in range(3):
+            for v in names[r % len(names):] + names[:r % len(names)]:
+                cname, table = bulk_variants[v]
+                db = dbs[cname]
+                db.execute(f"TRUNCATE {table}")
+                db.execute("TRUNCATE webhook.delivery, webhook.attempt")
+                if cname == "wal":
+                    wait_capture_idle(wal)
+                for stmt, sql in (("insert", f"INSERT INTO {table} (name, email, score, amount) SELECT 'n' || g,"
+                                             f" 'e@x.y', g, g FROM generate_series(1, 100000) g"),
+                                  ("update", f"UPDATE {table} SET score = score + 1")):
+                    took = timed(db, sql)
+                    committed = time.time()
+                    bulk[f"{stmt}_{v}"].append(took)
+                    if v == "wal_watched":
+                        seen = wait_queued(wal, "e2", 100_000 if stmt == "insert" else 200_000, 300)
+                        wal_queue[stmt].append(seen - committed)
+                    elif cname == "wal":
+                        wait_capture_idle(wal)
+        s = {k: statistics.median(v) for k, v in bulk.items()}
+        result["2_bulk"] = {
+            "seconds_median": s, "seconds_rounds": bulk,
+            "wal_insert_ratio": s["insert_wal_watched"] / s["insert_wal_unwatched"],
+            "wal_update_ratio": s["update_wal_watched"] / s["update_wal_unwatched"],
+            "trigger_insert_ratio": s["insert_trigger_watched"] / s["insert_trigger_unwatched"],
+            "trigger_update_ratio": s["update_trigger_watched"] / s["update_trigger_unwatched"],
+            "wal_commit_to_all_queued_s": {k: statistics.median(v) for k, v in wal_queue.items()},
+            "wal_commit_to_all_queued_rounds": wal_queue,
+        }
+        wal.execute("TRUNCATE webhook.delivery, webhook.attempt")
+        trg.execute("TRUNCATE webhook.delivery, webhook.attempt")
+
+        section_end("2_bulk")
+
+        # 13.3 decode + sign + deliver throughput: `changes` rows committed in 1,000-row transactions.
+        per_txn = 1000
+        txns = max(1, changes // per_txn)
+        n = txns * per_txn
+
+        def commit_all(db, table):
+            for _ in range(txns):
+                db.execute(f"INSERT INTO {table} (name, email, score, amount) SELECT 'n' || g, 'e' || g || '@x.y',"
+                           f" g, g * 1.5 FROM generate_series(1, {per_txn}) g")
+
+        throughput = {}
+        for mode, db in (("wal", wal), ("trigger", trg)):
+            for fmt in ("rownd", "census"):
+                ep, table = f"e3_{fmt}", f"t3_{fmt}"
+                got = {}
+                # (i) all at once: the receiver runs while the changes commit.
+                offset = log_size(nginx)
+                cpu = Cpu(db)
+                t0 = time.time()
+                commit_all(db, table)
+                t_committed = time.time()
+                t_queued = wait_queued(db, ep, n, 300)
+                wait_sent(db, ep, 300)
+                last, requests = last_receipt(db, nginx, ep, offset)
+                used = cpu.used()
+                got["end_to_end_per_s"] = n / (last - t0)
+                got["end_to_end_s"] = last - t0
+                got["commit_s"] = t_committed - t0
+                got["all_queued_after_s"] = t_queued - t0
+                got["requests"] = requests
+                got["cpu_s"] = used
+                db.execute("TRUNCATE webhook.delivery, webhook.attempt")
+                db.execute(f"TRUNCATE {table}")
+                if mode == "wal":
+                    wait_capture_idle(wal)
+                # (ii) decode + queue alone (endpoint disabled), then (iii) sign + deliver alone.
+                db.execute("SELECT webhook.alter_endpoint(%s, enabled => false)", (ep,))
+                cpu = Cpu(db)
+                t0 = time.time()
+                commit_all(db, table)
+                t_committed = time.time()
+                t_queued = wait_queued(db, ep, n, 300)
+                used_queue = cpu.used()
+                got["queue_alone_per_s"] = n / (t_queued - t0)
+                got["queue_alone_s"] = t_queued - t0
+                got["queue_alone_commit_s"] = t_committed - t0
+                got["queue_alone_cpu_s"] = used_queue
+                if mode == "wal":
+                    got["capture_cpu_us_per_change"] = used_queue["capture"] / n * 1e6
+                offset = log_size(nginx)
+                cpu = Cpu(db)
+                t0 = time.time()
+                db.execute("SELECT webhook.alter_endpoint(%s, enabled => true)", (ep,))
+                wait_sent(db, ep, 300)
+                last, _ = last_receipt(db, nginx, ep, offset)
+                got["deliver_alone_per_s"] = n / (last - t0)
+                got["deliver_alone_cpu_s"] = cpu.used()
+                db.execute("TRUNCATE webhook.delivery, webhook.attempt")
+                db.execute(f"TRUNCATE {table}")
+                if mode == "wal":
+                    wait_capture_idle(wal)
+                throughput[f"{mode}_{fmt}"] = got
+        result["3_throughput"] = {"changes": n, "transactions": txns, **throughput}
+
+        section_end("3_throughput")
+
+        # 13.4 commit -> receipt latency, single-row commits at 50/s.
+        commits = int(latency_s * 50)
+        result["4_latency_ms"] = {"commits": commits, "wal": latency(wal, nginx, "t4_lat", commits=commits),
+                                  "trigger": latency(trg, nginx, "t4_lat", commits=commits)}
+        section_end("4_latency")
+        result["disturbance"] = disturbed
+        for db in dbs.values():
+            db.close()
+    finally:
+        for c in clusters.values():
+            c.cleanup()
+        OWN["postmasters"] = []
+    return result
+
+
+def wal_figure(nginx, args):
+    """Figure 13, timed, with a copy of its results in bench/wal-issue16.json."""
+    start, load_before = time.monotonic(), os.getloadavg()
+    result = wal_capture(nginx, args.wal_seconds, args.wal_rounds, args.wal_changes, args.wal_latency_seconds)
+    result["figure_seconds"] = time.monotonic() - start
+    result["loadavg_before"], result["loadavg_after"] = load_before, os.getloadavg()
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "wal-issue16.json"), "w") as f:
+        json.dump({"13_wal": result}, f, indent=2, default=str)
+    return result
+
+
+def wal_table(r):
+    """Figure 13 as a table."""
+    one, bulk, thr, lat = r["1_insert"], r["2_bulk"], r["3_throughput"], r["4_latency_ms"]
+    t = one["tps"]
+    rows = [("13.1 single-row INSERT TPS, median of "
+             f"{one['rounds']} x {one['seconds']} s (min-max, spread)", "", "")]
+    label = {"a_replica_unwatched": "(a) unwatched, wal_level=replica",
+             "b_logical_unwatched": "(b) unwatched, wal_level=logical, no slot",
+             "c_wal_unwatched": "(c) unwatched, WAL mode (worker + slot)",
+             "d_wal_watched": "(d) watched, WAL mode (endpoint disabled)"}
+    for v, name in label.items():
+        s = t[v]
+        rows.append((f"  {name}", f"{s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f}, {s['spread_pct']:.0f}%);"
+                     f" {one['machine_cpu_us_per_insert'][v]:.0f} us CPU/insert", ""))
+    rows += [("  d/c watched/unwatched, both WAL cluster", f"{one['d_vs_c']:.2f}x  (rounds "
+              + " ".join(f"{x:.2f}" for x in one["d_vs_c_per_round"]) + ")", ">= 0.95x"),
+             ("  d/c sustained (incl. capture catch-up)", f"{one['sustained_d_vs_c']:.2f}x", ""),
+             ("  d/b watched WAL / unwatched logical", f"{one['d_vs_b']:.2f}x", ">= 0.95x"),
+             ("  c/b slot + worker on unwatched writes", f"{one['c_vs_b']:.2f}x", ""),
+             ("  b/a logical WAL by itself", f"{one['b_vs_a']:.2f}x", ""),
+             ("  capture worker CPU per change (d)", f"{one['capture_cpu_us_per_change']:.1f} us", ""),
+             ("13.2 100k rows, watched / unwatched statement time", "", ""),
+             ("  INSERT ... SELECT: WAL / trigger", f"{bulk['wal_insert_ratio']:.2f}x / {bulk['trigger_insert_ratio']:.2f}x",
+              "WAL <= 1.3x"),
+             ("  UPDATE: WAL / trigger", f"{bulk['wal_update_ratio']:.2f}x / {bulk['trigger_update_ratio']:.2f}x",
+              "WAL <= 1.3x"),
+             ("  WAL: commit -> all 100k queued (insert / update)",
+              f"{bulk['wal_commit_to_all_queued_s']['insert']:.2f} s / {bulk['wal_commit_to_all_queued_s']['update']:.2f} s",
+              "")]
+    rows.append((f"13.3 {thr['changes']:,} changes in {thr['transactions']} commits, changes/s", "", ""))
+    for key in ("wal_rownd", "wal_census", "trigger_rownd", "trigger_census"):
+        g = thr[key]
+        rows.append((f"  {key}: first commit -> last receipt",
+                     f"{g['end_to_end_per_s']:,.0f}/s (queue alone {g['queue_alone_per_s']:,.0f}/s,"
+                     f" deliver alone {g['deliver_alone_per_s']:,.0f}/s)",
+                     ">= 10,000/s" if key.startswith("wal") else ""))
+    for mode in ("wal", "trigger"):
+        x = lat[mode]
+        rows.append((f"13.4 latency at 50 commits/s, {mode} ({x['n']} commits)", f"p50 {x['p50']:.1f} ms, p99 {x['p99']:.1f} ms",
+                     "<= 20 / <= 100 ms" if mode == "wal" else ""))
+    d = r.get("disturbance", {})
+    rows.append(("other processes' CPU (share of the machine) per section",
+                 ", ".join(f"{k.split('_', 1)[0]}: {v['foreign_share'] * 100:.0f}%" for k, v in d.items())
+                 + "; worst 13.1 round " + f"{max(x['foreign_cpu_s'] for g in one['runs'].values() for x in g):.1f} CPU s",
+                 ""))
+    w0 = max(len(a) for a, _, _ in rows)
+    w1 = max(len(b) for _, b, _ in rows)
+    return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in rows)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10, help="pgbench duration per variant and round")
@@ -385,8 +842,13 @@ def main():
     ap.add_argument("--ordering-keys", type=int, default=1000, help="distinct keys (figure 12)")
     ap.add_argument("--ordering-changes", type=int, default=20, help="changes per key (figure 12)")
     ap.add_argument("--hot-changes", type=int, default=2000, help="changes of the one hot key (figure 12)")
-    ap.add_argument("--only", choices=["statistics", "census", "filters", "sync", "ordering"],
-                    help="run figure 8 alone, figure 9 with its rownd baseline (figure 3's drain), 10, 11 or 12")
+    ap.add_argument("--wal-seconds", type=int, default=8, help="pgbench duration per variant and round (figure 13)")
+    ap.add_argument("--wal-rounds", type=int, default=5, help="pgbench rounds per variant (figure 13)")
+    ap.add_argument("--wal-changes", type=int, default=30_000, help="changes of the throughput runs (figure 13)")
+    ap.add_argument("--wal-latency-seconds", type=int, default=20, help="latency probe per mode (figure 13)")
+    ap.add_argument("--only", choices=["statistics", "census", "filters", "sync", "ordering", "wal"],
+                    help="run figure 8 alone, figure 9 with its rownd baseline (figure 3's drain), 10, 11, 12"
+                         " or 13 (WAL capture, with its baselines)")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     results = {}
@@ -419,6 +881,14 @@ def main():
                                               args.hot_changes)
             cluster.cleanup()
             print(json.dumps(results, indent=2, default=str))
+            return
+        if args.only == "wal":
+            results["13_wal"] = wal_figure(nginx, args)
+            print(json.dumps(results, indent=2, default=str))
+            print(wal_table(results["13_wal"]))
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(results, f, indent=2, default=str)
             return
         if args.only == "filters":
             cluster = new_cluster()
@@ -557,10 +1027,15 @@ def main():
             sent = [w for _, w, *rest in (l + [""] for l in nginx.log()[logged_before:]) if w.startswith("msg_")]
         cluster.cleanup()
         results["6_duplicate_ids_2_workers"] = len(sent) - len(set(sent))
+
+        # 13. WAL capture against its baselines (three clusters of its own)
+        results["13_wal"] = wal_figure(nginx, args)
     finally:
         nginx.stop()
         blackhole.close()
     print(json.dumps(results, indent=2, default=str))
+    if "13_wal" in results:
+        print(wal_table(results["13_wal"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=str)
