@@ -113,6 +113,9 @@ const READ_LIMIT: usize = 5_000;
 /// tables, every 20 ms takes a sixteenth, and a commit after a quiet spell is still read at
 /// once.
 const READ_EVERY: Duration = Duration::from_millis(20);
+/// While reads reset the catalog caches, how often a running-transactions record is written
+/// so that the slot's restart point can move past the last catalog change.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 /// How often the slot, the modes of the tables and the lag alert are looked at.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
@@ -131,6 +134,7 @@ pub struct WalReader {
     read_upto: Option<u64>,
     last_read: Option<Instant>,
     last_look: Option<Instant>,
+    last_snapshot: Instant,
 }
 
 /// What a turn of the loop leaves to do.
@@ -166,6 +170,7 @@ impl WalReader {
             read_upto: None,
             last_read: None,
             last_look: None,
+            last_snapshot: Instant::now(),
         }
     }
 
@@ -342,6 +347,13 @@ impl WalReader {
         // Committed: the slot may let go of what was read.
         if let Some(wal) = &mut self.wal {
             wal.confirm(progress.read_to);
+        }
+        if progress.caches_reset && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+            // SAFETY: writes one running-transactions WAL record, as the background writer does
+            // every 15 s: decoding it lets the slot's restart point move past the last catalog
+            // change, after which reads stop resetting the catalog caches.
+            unsafe { pg_sys::LogStandbySnapshot() };
+            self.last_snapshot = Instant::now();
         }
         if progress.caught_up {
             self.caught_up_at_lsn = Some(lsn);

@@ -497,6 +497,9 @@ pub struct Progress {
     /// Every transaction that committed before this position was read (and its changes
     /// queued, or skipped as not watched).
     pub read_to: u64,
+    /// The catalog caches were reset around the read, as they are until the slot's restart
+    /// point passes the last catalog change (`decoder`).
+    pub caches_reset: bool,
 }
 
 /// Messages queued in one subtransaction.
@@ -597,6 +600,7 @@ impl Reader {
             return Ok(Progress {
                 caught_up: true,
                 read_to: 0,
+                caches_reset: false,
             });
         }
         let applied = match self.applied {
@@ -682,6 +686,7 @@ impl Reader {
         Ok(Progress {
             caught_up: read.reached,
             read_to: read.upto,
+            caches_reset: read.caches_reset,
         })
     }
 }
