@@ -571,9 +571,6 @@ pub struct Reader {
     /// The transaction being read (a read ends after whole records, and so whole transactions,
     /// but one may still be open when a read ends early).
     txn: Option<Txn>,
-    /// `webhook.capture_state.applied_lsn` as this reader last read or wrote it (a step that
-    /// fails ends the worker, and with it this reader).
-    applied: Option<u64>,
 }
 
 impl Reader {
@@ -583,7 +580,6 @@ impl Reader {
             decoder: decoding(Decoder::open)?,
             relations: HashMap::new(),
             txn: None,
-            applied: None,
         })
     }
 
@@ -596,6 +592,8 @@ impl Reader {
     /// in the caller's transaction; call `confirm` with `Progress::read_to` once it committed.
     pub fn step(&mut self, end: u64, limit: usize) -> Result<Progress> {
         let slot = slot::name();
+        // Before decoding (and building plans) takes any lock: a session that locks
+        // webhook.capture_state holds the worker back before it holds a lock on any table.
         if !slot::installed()? {
             return Ok(Progress {
                 caught_up: true,
@@ -603,10 +601,7 @@ impl Reader {
                 caches_reset: false,
             });
         }
-        let applied = match self.applied {
-            Some(applied) => applied,
-            None => slot::applied_lsn(&slot)?,
-        };
+        let applied = slot::applied_lsn(&slot)?;
         let read = decoding(|| self.decoder.read(end, limit))?;
         let memory = Memory::new(c"webhook wal change");
         let mut last_end = applied;
@@ -679,7 +674,6 @@ impl Reader {
         if last_end > applied {
             Spi::connect_mut(|client| slot::record_applied(client, &slot, last_end))?;
         }
-        self.applied = Some(last_end);
         if wake {
             shmem::wake_workers_at_commit();
         }
