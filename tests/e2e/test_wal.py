@@ -65,7 +65,13 @@ def capture_held(cluster, db):
     for that lock (it tried to read what the block committed), then it is let go."""
     with cluster.connect(autocommit=False) as lock:
         lock.execute("LOCK TABLE webhook.capture_state IN ACCESS EXCLUSIVE MODE")
-        yield
+        # A worker that took a table's lock before this one would block the block's DDL for
+        # good: fail in seconds instead.
+        db.execute("SET lock_timeout = '10s'")
+        try:
+            yield
+        finally:
+            db.execute("RESET lock_timeout")
         wait_until(lambda: one(db, "SELECT wait_event_type FROM pg_stat_activity WHERE backend_type = %s",
                                CAPTURE_WORKER) == "Lock", 10, "the capture worker to wait for the held lock")
         lock.rollback()
