@@ -58,10 +58,13 @@ pub extern "C-unwind" fn webhook_capture_main(_arg: pg_sys::Datum) {
     shmem::publish_capture_latch();
     let mut reader = WalReader::new();
     let mut version_ok = false;
+    let mut version_checked: Option<Instant> = None;
     while !super::shutdown_requested() {
         super::reload_config_if_asked();
-        if !version_ok {
+        // Looked at again every second: the extension may be dropped (or updated) meanwhile.
+        if !version_ok || version_checked.is_none_or(|t| t.elapsed() >= LOOK_EVERY) {
             version_ok = step(super::claim::schema_version).as_deref() == Some(super::VERSION);
+            version_checked = Some(Instant::now());
         }
         let turn = reader.turn(version_ok);
         if guc::capture() == Capture::Trigger && reader.finished() {
@@ -104,9 +107,20 @@ pub extern "C-unwind" fn webhook_capture_main(_arg: pg_sys::Datum) {
 const PAGE_HEADER_MAX: u64 = 40;
 /// Messages read from the slot per transaction (whole transactions: a large one is read whole).
 const READ_LIMIT: usize = 5_000;
-/// While the WAL keeps growing, read at most this often: a read is a transaction of the
-/// worker's, and a larger batch costs less per change.
+/// While the WAL grows slowly, read at most this often after a read (a commit after a quiet
+/// spell is read at once).
 const READ_EVERY: Duration = Duration::from_millis(5);
+/// While the WAL grows fast (past BUSY_WAL_PER_S), read at most this often. Each read costs
+/// about a millisecond besides its changes (a transaction, the version check, the decoding
+/// context's work per call): reading every 5 ms took a quarter of a core under a steady write
+/// load to unwatched tables; every 20 ms takes a sixteenth.
+const READ_EVERY_BUSY: Duration = Duration::from_millis(20);
+/// WAL bytes a second above which the WAL counts as growing fast (50 commits/s of small rows
+/// write some 50 kB/s; two pgbench clients inserting rows, 3 MB/s).
+const BUSY_WAL_PER_S: f64 = 1024.0 * 1024.0;
+/// While reads reset the catalog caches, how often a running-transactions record is written
+/// so that the slot's restart point can move past the last catalog change.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 /// How often the slot, the modes of the tables and the lag alert are looked at.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
@@ -125,13 +139,15 @@ pub struct WalReader {
     read_upto: Option<u64>,
     last_read: Option<Instant>,
     last_look: Option<Instant>,
+    last_snapshot: Instant,
 }
 
 /// What a turn of the loop leaves to do.
 pub enum Turn {
     /// More to read now.
     More,
-    /// The WAL moved, but it was read less than READ_EVERY ago: read again after this pause.
+    /// The WAL moved, but it was read less than READ_EVERY (or READ_EVERY_BUSY) ago: read again
+    /// after this pause.
     Later(Duration),
     /// Nothing to read: sleep until a commit or the poll.
     Idle,
@@ -160,6 +176,7 @@ impl WalReader {
             read_upto: None,
             last_read: None,
             last_look: None,
+            last_snapshot: Instant::now(),
         }
     }
 
@@ -299,11 +316,15 @@ impl WalReader {
             shmem::capture_caught_up();
             return Turn::Idle;
         }
-        if self.caught_up_at_lsn.is_some() {
-            if let Some(pause) = self
-                .last_read
-                .and_then(|t| READ_EVERY.checked_sub(t.elapsed()))
-            {
+        if let (Some(read_at), Some(read_lsn)) = (self.last_read, self.caught_up_at_lsn) {
+            let elapsed = read_at.elapsed();
+            let rate = lsn.saturating_sub(read_lsn) as f64 / elapsed.as_secs_f64().max(0.001);
+            let every = if rate > BUSY_WAL_PER_S {
+                READ_EVERY_BUSY
+            } else {
+                READ_EVERY
+            };
+            if let Some(pause) = every.checked_sub(elapsed) {
                 return Turn::Later(pause);
             }
         }
@@ -336,6 +357,13 @@ impl WalReader {
         // Committed: the slot may let go of what was read.
         if let Some(wal) = &mut self.wal {
             wal.confirm(progress.read_to);
+        }
+        if progress.caches_reset && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+            // SAFETY: writes one running-transactions WAL record, as the background writer does
+            // every 15 s: decoding it lets the slot's restart point move past the last catalog
+            // change, after which reads stop resetting the catalog caches.
+            unsafe { pg_sys::LogStandbySnapshot() };
+            self.last_snapshot = Instant::now();
         }
         if progress.caught_up {
             self.caught_up_at_lsn = Some(lsn);

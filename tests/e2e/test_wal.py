@@ -4,7 +4,8 @@ The payload, filter and census tests run in both modes (marked both_modes in the
 DDL between changes read back after the ALTER, the DDL guard and the replica identity, rollbacks,
 the old row of updates and deletes, commit time, the lag view and its events, kill -9 of the
 capture worker and an immediate shutdown mid-burst, DROP EXTENSION, hand-attached triggers, mode
-switches with restarts, a server without wal_level = logical, and the server log's volume.
+switches with restarts, a server without wal_level = logical, the server log's volume, and
+subscriptions naming a column newer than changes the worker has yet to read.
 Tests using `db` run against the session's WAL cluster; the others start a cluster of their own."""
 import contextlib
 import datetime
@@ -64,7 +65,13 @@ def capture_held(cluster, db):
     for that lock (it tried to read what the block committed), then it is let go."""
     with cluster.connect(autocommit=False) as lock:
         lock.execute("LOCK TABLE webhook.capture_state IN ACCESS EXCLUSIVE MODE")
-        yield
+        # A worker that took a table's lock before this one would block the block's DDL for
+        # good: fail in seconds instead.
+        db.execute("SET lock_timeout = '10s'")
+        try:
+            yield
+        finally:
+            db.execute("RESET lock_timeout")
         wait_until(lambda: one(db, "SELECT wait_event_type FROM pg_stat_activity WHERE backend_type = %s",
                                CAPTURE_WORKER) == "Lock", 10, "the capture worker to wait for the held lock")
         lock.rollback()
@@ -498,6 +505,9 @@ def burst(cluster, receiver):
                    "the writer to be cut by the fault and commit again", poll=0.01)
 
     before = mid_stream(1 / 3)
+    with cluster.connect() as db:  # queued but not yet confirmed to the slot: read again after the crash
+        unconfirmed = one(db, "SELECT s.applied_lsn - r.confirmed_flush_lsn FROM webhook.capture_state s"
+                              " JOIN pg_replication_slots r USING (slot_name)")
     os.kill(pids[0], signal.SIGKILL)
     cut_and_resumed(*before)
     pids.append(wait_until(lambda: (lambda p: p if p and p != pids[0] else None)(
@@ -514,7 +524,7 @@ def burst(cluster, receiver):
     assert max(rows) < Writer.ROLLED_BACK
     print(f"\nWAL fault burst: {len(rows)} committed rows, {len(requests)} requests "
           f"({len(requests) - len(rows)} resent after a crash, same webhook-id), {writer.errors} writer "
-          f"errors, capture worker pids {pids}")
+          f"errors, capture worker pids {pids}; {unconfirmed} bytes of WAL queued but unconfirmed at the kill")
 
 
 def test_drop_extension_drops_slot_and_publication():

@@ -85,11 +85,24 @@ pub struct Read {
     /// The end of the last record read: every transaction that committed before it was
     /// decoded (and its messages are above).
     pub upto: u64,
+    /// Whether the caches were reset around this read (see `Decoder::caches_differ`).
+    pub caches_reset: bool,
 }
 
 /// The open decoding context, holding the slot.
 pub struct Decoder {
     ctx: *mut pg_sys::LogicalDecodingContext,
+    /// PostgreSQL's count of shared invalidation messages (and cache resets) this process had
+    /// processed at the last read.
+    invalidations_seen: u64,
+    /// A WAL position at or after the commit of the newest catalog change known: the insert
+    /// position when the count last moved (or when the context was opened).
+    catalog_changed_at: u64,
+}
+
+fn insert_lsn() -> u64 {
+    // SAFETY: reads the WAL insert position from shared memory under its spinlock.
+    unsafe { pg_sys::GetXLogInsertRecPtr() }
 }
 
 impl Decoder {
@@ -134,7 +147,11 @@ impl Decoder {
             // Decoding starts at the restart point, so that transactions committing after
             // the confirmed position are seen whole.
             pg_sys::XLogBeginRead((*ctx).reader, (*(*ctx).slot).data.restart_lsn);
-            Ok(Decoder { ctx })
+            Ok(Decoder {
+                ctx,
+                invalidations_seen: pg_sys::SharedInvalidMessageCounter,
+                catalog_changed_at: insert_lsn(),
+            })
         }
     }
 
@@ -146,13 +163,14 @@ impl Decoder {
         // SAFETY: the context and its reader are open (self); each record the reader returns
         // is decoded before the next is read, as pg_logical_slot_get_changes does. The reader
         // allocates its buffers in the memory current when it first needs them, and keeps
-        // them: the decoding context's own, which outlives the transaction. Catalog entries
-        // built with the current snapshot must not be seen by decoding, nor decoding's by the
-        // worker afterwards: caches are reset before and after, as that function does.
+        // them: the decoding context's own, which outlives the transaction.
         unsafe {
             let reader = (*self.ctx).reader;
+            let reset = self.caches_differ();
             let old = pg_sys::MemoryContextSwitchTo((*self.ctx).context);
-            pg_sys::InvalidateSystemCaches();
+            if reset {
+                pg_sys::InvalidateSystemCaches();
+            }
             // (The reader moves EndRecPtr as it reads.)
             loop {
                 if (*reader).EndRecPtr >= end {
@@ -182,14 +200,42 @@ impl Decoder {
                 }
                 pgrx::check_for_interrupts!();
             }
-            pg_sys::InvalidateSystemCaches();
+            if reset {
+                pg_sys::InvalidateSystemCaches();
+            }
             pg_sys::MemoryContextSwitchTo(old);
             let messages = OUTPUT.with(|o| std::mem::take(&mut *o.borrow_mut()));
             Ok(Read {
                 messages,
                 reached: (*reader).EndRecPtr >= end,
                 upto: (*reader).EndRecPtr,
+                caches_reset: reset,
             })
+        }
+    }
+
+    /// Whether the catalog caches must be reset around this read. Decoding builds catalog
+    /// entries as of each change it replays (historic snapshots), the worker's own queries as
+    /// of now: neither may see the other's when the catalogs changed in between, so
+    /// pg_logical_slot_get_changes resets all caches before and after. They differ only if a
+    /// catalog change committed after a change decoding may still replay, all of which lie at
+    /// or after the slot's restart point. Every catalog change sends shared invalidations at
+    /// its commit, counted as this process takes them in (all pending are taken in here):
+    /// the insert position when the count moved bounds the change's commit from above. So the
+    /// caches are reset until the restart point passes that position (within seconds: it moves
+    /// at each running-transactions record), and not at all while the catalogs do not change.
+    /// Resetting costs more than a millisecond a read in catalog lookups built again.
+    fn caches_differ(&mut self) -> bool {
+        // SAFETY: takes in pending invalidation messages, as any lock acquisition does (inside
+        // the step's transaction); then plain reads of this process's counter and of the slot
+        // it holds (only this process moves its restart point).
+        unsafe {
+            pg_sys::AcceptInvalidationMessages();
+            if pg_sys::SharedInvalidMessageCounter != self.invalidations_seen {
+                self.invalidations_seen = pg_sys::SharedInvalidMessageCounter;
+                self.catalog_changed_at = insert_lsn();
+            }
+            self.catalog_changed_at >= (*(*self.ctx).slot).data.restart_lsn
         }
     }
 

@@ -497,6 +497,9 @@ pub struct Progress {
     /// Every transaction that committed before this position was read (and its changes
     /// queued, or skipped as not watched).
     pub read_to: u64,
+    /// The catalog caches were reset around the read, as they are until the slot's restart
+    /// point passes the last catalog change (`decoder`).
+    pub caches_reset: bool,
 }
 
 /// Messages queued in one subtransaction.
@@ -589,6 +592,15 @@ impl Reader {
     /// in the caller's transaction; call `confirm` with `Progress::read_to` once it committed.
     pub fn step(&mut self, end: u64, limit: usize) -> Result<Progress> {
         let slot = slot::name();
+        // Before decoding (and building plans) takes any lock: a session that locks
+        // webhook.capture_state holds the worker back before it holds a lock on any table.
+        if !slot::installed()? {
+            return Ok(Progress {
+                caught_up: true,
+                read_to: 0,
+                caches_reset: false,
+            });
+        }
         let applied = slot::applied_lsn(&slot)?;
         let read = decoding(|| self.decoder.read(end, limit))?;
         let memory = Memory::new(c"webhook wal change");
@@ -668,6 +680,7 @@ impl Reader {
         Ok(Progress {
             caught_up: read.reached,
             read_to: read.upto,
+            caches_reset: read.caches_reset,
         })
     }
 }

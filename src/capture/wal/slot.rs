@@ -26,6 +26,15 @@ pub struct SlotState {
 }
 
 /// The end of the last transaction whose changes are queued.
+/// Whether the extension's tables are still there (DROP EXTENSION: the worker then drops the
+/// slot).
+pub(super) fn installed() -> Result<bool> {
+    Ok(read_one::<bool>(
+        "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+        "webhook.capture_state",
+    )? == Some(true))
+}
+
 pub(super) fn applied_lsn(slot: &str) -> Result<u64> {
     let lsn = read_one::<i64>(
         "SELECT (applied_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.int8
