@@ -19,20 +19,12 @@ import psycopg
 import pytest
 
 from conftest import (SETTINGS, WAL_SETTINGS, endpoint, in_capture_order, make_table, one, settle,
-                      wait_until)
+                      wait_until, watched)
 from harness import Cluster, Receiver, verify
 
 pytestmark = pytest.mark.wal_mode
 
 CAPTURE_WORKER = "webhook capture worker"
-
-
-def watched(db, receiver, name, ddl="id int PRIMARY KEY, v text", path=None, **watch):
-    make_table(db, name, ddl)
-    secret = endpoint(db, name, receiver.url(path or f"/ok/{name}"))
-    args = "".join(f", {k} => %s" for k in watch)
-    db.execute(f"SELECT webhook.watch(%s, %s{args})", (name, name, *watch.values()))
-    return secret
 
 
 def queued(db, ep):
