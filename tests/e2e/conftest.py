@@ -195,6 +195,16 @@ def endpoint(conn, name, url, **kw):
     return one(conn, sql, name, url, *kw.values())
 
 
+def watched(db, receiver, name, ddl="id int PRIMARY KEY, v text", path=None, **watch):
+    """A table `name` watched by an endpoint `name` (receiver path /ok/<name> unless given), with
+    the watch options given; returns the endpoint's secret."""
+    make_table(db, name, ddl)
+    secret = endpoint(db, name, receiver.url(path or f"/ok/{name}"))
+    args = "".join(f", {k} => %s" for k in watch)
+    db.execute(f"SELECT webhook.watch(%s, %s{args})", (name, name, *watch.values()))
+    return secret
+
+
 def assert_retry_gaps(requests, delays_ms=RETRY_DELAYS_MS):
     """The gaps between consecutive attempts follow the schedule, each within RETRY_GAP_SLACK_MS;
     gaps that are all about the idle poll (1 s) fail."""

@@ -16,16 +16,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from conftest import (RETRY_DELAYS, RETRY_DELAYS_MS, WAKE_DEADLINE_S, assert_retry_gaps, endpoint,
-                      in_capture_order, make_table, message_id, one, settle, wait_status, wait_until, wait_worker_idle)
+                      in_capture_order, make_table, message_id, one, settle, wait_status, wait_until, wait_worker_idle,
+                      watched)
 from harness import Request, verify
-
-
-def watched(db, receiver, name, ddl="id int PRIMARY KEY, v text", path=None, **watch):
-    make_table(db, name, ddl)
-    secret = endpoint(db, name, receiver.url(path or f"/ok/{name}"))
-    args = "".join(f", {k} => %s" for k in watch)
-    db.execute(f"SELECT webhook.watch(%s, %s{args})", (name, name, *watch.values()))
-    return secret
 
 
 def delivery_ids(db, name):

@@ -10,16 +10,8 @@ import json
 import psycopg
 import pytest
 
-from conftest import endpoint, make_table, one, settle
+from conftest import endpoint, make_table, one, settle, watched
 from harness import verify
-
-
-def watched(db, receiver, name, ddl="id int PRIMARY KEY, v text", **watch):
-    make_table(db, name, ddl)
-    secret = endpoint(db, name, receiver.url(f"/ok/{name}"))
-    args = "".join(f", {k} => %s" for k in watch)
-    db.execute(f"SELECT webhook.watch(%s, %s{args})", (name, name, *watch.values()))
-    return secret
 
 
 def queued(db, name):

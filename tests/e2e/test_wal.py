@@ -19,20 +19,12 @@ import psycopg
 import pytest
 
 from conftest import (SETTINGS, WAL_SETTINGS, endpoint, in_capture_order, make_table, one, settle,
-                      wait_until)
+                      wait_until, watched)
 from harness import Cluster, Receiver, verify
 
 pytestmark = pytest.mark.wal_mode
 
 CAPTURE_WORKER = "webhook capture worker"
-
-
-def watched(db, receiver, name, ddl="id int PRIMARY KEY, v text", path=None, **watch):
-    make_table(db, name, ddl)
-    secret = endpoint(db, name, receiver.url(path or f"/ok/{name}"))
-    args = "".join(f", {k} => %s" for k in watch)
-    db.execute(f"SELECT webhook.watch(%s, %s{args})", (name, name, *watch.values()))
-    return secret
 
 
 def queued(db, ep):
@@ -75,6 +67,23 @@ def capture_held(cluster, db):
         wait_until(lambda: one(db, "SELECT wait_event_type FROM pg_stat_activity WHERE backend_type = %s",
                                CAPTURE_WORKER) == "Lock", 10, "the capture worker to wait for the held lock")
         lock.rollback()
+
+
+@contextlib.contextmanager
+def own_watched_cluster(settings, table):
+    """own_cluster with the extension and a table `table` (id, v) watched by an endpoint of the
+    same name at a receiver of its own (/ok/<table>); yields (cluster, receiver)."""
+    receiver = Receiver()
+    try:
+        with own_cluster(settings) as cluster:
+            with cluster.connect() as db:
+                db.execute("CREATE EXTENSION webhook")
+                make_table(db, table)
+                endpoint(db, table, receiver.url(f"/ok/{table}"))
+                db.execute("SELECT webhook.watch(%s, %s)", (table, table))
+            yield cluster, receiver
+    finally:
+        receiver.close()
 
 
 @contextlib.contextmanager
@@ -475,21 +484,13 @@ def test_kill_capture_worker_and_immediate_stop_mid_burst():
     killed with SIGKILL (a crash-restart) and the cluster is stopped with -m immediate, each
     while the writer is committing: every committed row is queued once and arrives under one
     webhook-id (the transactions read again after each crash are skipped), no rolled-back row."""
-    receiver = Receiver()
-    try:
-        with own_cluster({**WAL_SETTINGS, "restart_after_crash": "on"}) as cluster:
-            burst(cluster, receiver)
-    finally:
-        receiver.close()
+    with own_watched_cluster({**WAL_SETTINGS, "restart_after_crash": "on"}, "burst") as (cluster, receiver):
+        burst(cluster, receiver)
 
 
 def burst(cluster, receiver):
     """The body of test_kill_capture_worker_and_immediate_stop_mid_burst."""
     with cluster.connect() as db:
-        db.execute("CREATE EXTENSION webhook")
-        db.execute("CREATE TABLE burst (id int PRIMARY KEY, v text)")
-        endpoint(db, "burst", receiver.url("/ok/burst"))
-        db.execute("SELECT webhook.watch('burst', 'burst')")
         first = capture_pid(db)
     writer = Writer(cluster, "burst", total=2000, per_tx=4, rollbacks=True, pause=0.004)
     writer.start()
@@ -587,21 +588,13 @@ def test_mode_switch_trigger_wal_trigger_sends_each_change_once():
     commits one row per transaction across both restarts (reconnecting): the worker moves the
     table to the new mode at start, and every committed row (before, during, after each switch)
     is queued once and arrives under one webhook-id."""
-    receiver = Receiver()
-    try:
-        with own_cluster({**SETTINGS, "wal_level": "logical", "webhook.capture": "'trigger'"}) as cluster:
-            switches(cluster, receiver)
-    finally:
-        receiver.close()
+    settings = {**SETTINGS, "wal_level": "logical", "webhook.capture": "'trigger'"}
+    with own_watched_cluster(settings, "sw") as (cluster, receiver):
+        switches(cluster, receiver)
 
 
 def switches(cluster, receiver):
     """The body of test_mode_switch_trigger_wal_trigger_sends_each_change_once."""
-    with cluster.connect() as db:
-        db.execute("CREATE EXTENSION webhook")
-        db.execute("CREATE TABLE sw (id int PRIMARY KEY, v text)")
-        endpoint(db, "sw", receiver.url("/ok/sw"))
-        db.execute("SELECT webhook.watch('sw', 'sw')")
     writer = Writer(cluster, "sw", pause=0.003)
     writer.start()
     phases = {}
